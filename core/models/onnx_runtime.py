@@ -1,0 +1,93 @@
+"""One place that creates onnxruntime sessions and says which device it chose.
+
+CUDA (fp16) when onnxruntime-gpu finds a GPU and the user allows it; CPU otherwise.
+The fp16 variant of a model is made once beside the fp32 file and reused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import ModelError
+
+__all__ = ["SessionInfo", "create_session", "fp16_variant"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Which provider a session runs on, and why."""
+
+    provider: str
+    """The first execution provider in use, e.g. ``CUDAExecutionProvider``."""
+    device: str
+    """``cuda`` or ``cpu``."""
+    precision: str
+    """``fp16`` or ``fp32``."""
+    model_path: str
+    reason: str
+    """A short line saying why this device was chosen."""
+
+
+def fp16_variant(model: Path, model_type: str | None = None) -> Path:
+    """Optimised fp16 copy of ``model`` (inputs and outputs stay fp32), made once."""
+    out = model.with_name(model.stem + ".fp16.onnx")
+    if out.exists():
+        return out
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    kind = model_type if model_type in ("bert", "bart", "gpt2", "t5") else "bert"
+    opt = optimize_model(str(model), model_type=kind, num_heads=0, hidden_size=0, use_gpu=True)
+    opt.convert_float_to_float16(keep_io_types=True)
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    opt.save_model_to_file(str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def _threads() -> int:
+    env = os.environ.get("SIFT_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, os.cpu_count() or 1)
+
+
+def create_session(model: Path, *, device: str = "auto", model_type: str | None = None):
+    """Return ``(InferenceSession, SessionInfo)`` for ``model`` on the best allowed device."""
+    import onnxruntime as ort
+
+    model = Path(model)
+    if not model.exists():
+        raise ModelError(f"{model}: ONNX model file not found", fix="run ./scripts/run --setup-only")
+    available = ort.get_available_providers()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        path, precision = model, "fp32"
+        try:
+            path, precision = fp16_variant(model, model_type), "fp16"
+        except Exception as e:  # an fp16 conversion failure costs speed, not correctness
+            log.warning("fp16 conversion of %s failed (%s); running fp32 on CUDA", model, e)
+        try:
+            sess = ort.InferenceSession(str(path), opts, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            if sess.get_providers()[0] == "CUDAExecutionProvider":
+                return sess, SessionInfo("CUDAExecutionProvider", "cuda", precision, str(path),
+                                         "onnxruntime-gpu found a CUDA device")
+            reason = "CUDAExecutionProvider was listed but did not start (see onnxruntime's log)"
+        except Exception as e:
+            reason = f"CUDA session failed to start: {e}"
+        if device == "gpu":
+            raise ModelError(f"{model}: GPU requested but {reason}", fix="set device to auto or cpu")
+    elif device == "gpu":
+        raise ModelError("GPU requested but onnxruntime has no CUDAExecutionProvider "
+                         f"(available: {', '.join(available)})",
+                         fix="on a machine with an NVIDIA GPU, run ./scripts/run --setup-only to install onnxruntime-gpu")
+    else:
+        reason = "device set to cpu" if device == "cpu" else "no CUDAExecutionProvider in this onnxruntime"
+    opts.intra_op_num_threads = _threads()
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    return sess, SessionInfo("CPUExecutionProvider", "cpu", "fp32", str(model), reason)
