@@ -6,6 +6,12 @@
         │   ├── ModelNotInstalled  its package or file is missing
         │   ├── ModelIntegrityError  its bytes do not match the pinned sha256
         │   └── UnsupportedModel   a folder or file that Sift cannot load as a model
+        ├── IngestError            one file cannot be added; the others go on
+        │   ├── UnsupportedFile    a type Sift does not read
+        │   ├── EncryptedFile      needs a password
+        │   ├── DamagedFile        cannot be parsed (broken, truncated, zero pages, no rows)
+        │   └── FileTimeout        parsing took longer than the per-file limit
+        ├── StoreError             a knowledge base cannot be opened or written
         └── Cancelled              the user cancelled long work
 
 Anything else that escapes is a bug and belongs in a crash report.
@@ -19,6 +25,12 @@ __all__ = [
     "ModelNotInstalled",
     "ModelIntegrityError",
     "UnsupportedModel",
+    "IngestError",
+    "UnsupportedFile",
+    "EncryptedFile",
+    "DamagedFile",
+    "FileTimeout",
+    "StoreError",
     "Cancelled",
 ]
 
@@ -56,6 +68,35 @@ class ModelIntegrityError(ModelError):
 
 class UnsupportedModel(ModelError):
     """A folder or file that is not a model Sift can load."""
+
+
+class IngestError(KnownError):
+    """One file cannot be added. The message starts with the file's path."""
+
+    def __init__(self, path: str, reason: str, *, fix: str | None = None) -> None:
+        super().__init__(f"{path}: {reason}", fix=fix)
+        self.path = path
+        self.reason = reason
+
+
+class UnsupportedFile(IngestError):
+    """A file type Sift does not read."""
+
+
+class EncryptedFile(IngestError):
+    """A file that needs a password."""
+
+
+class DamagedFile(IngestError):
+    """A file that cannot be parsed: broken, truncated, zero pages, no rows."""
+
+
+class FileTimeout(IngestError):
+    """Parsing a file took longer than the per-file limit."""
+
+
+class StoreError(KnownError):
+    """A knowledge base cannot be opened or written."""
 
 
 class Cancelled(KnownError):

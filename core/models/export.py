@@ -149,8 +149,13 @@ def export_onnx(folder: Path, task: str = "feature-extraction", *, progress: Pro
     check(cancel)
     try:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        main_export(str(folder), output=str(tmp), task=task, library_name="transformers",
-                    local_files_only=True, do_validation=False)
+        import warnings
+
+        # the exporter's tracer warnings are about torch internals, not the user's model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            main_export(str(folder), output=str(tmp), task=task, library_name="transformers",
+                        local_files_only=True, do_validation=False)
         if not (tmp / "tokenizer.json").exists():
             from transformers import AutoTokenizer
 
