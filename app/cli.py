@@ -149,6 +149,99 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def _open_kb(args):
+    from core.kb import KnowledgeBase
+
+    return KnowledgeBase(args.kb)
+
+
+def _outcome_json(o) -> dict:
+    return {k: v for k, v in asdict(o).items()}
+
+
+def cmd_add(args) -> int:
+    from core.jobs import CancelToken
+
+    cancel = CancelToken()
+    with _open_kb(args) as kb:
+        try:
+            rep = kb.add(args.paths, progress=None if args.json else ProgressLine(), cancel=cancel)
+        except KeyboardInterrupt:  # Ctrl+C: the add loop stops between units; committed work stays
+            cancel.cancel()
+            raise
+        if args.json:
+            print(json.dumps({"files": [_outcome_json(o) for o in rep.files], "seconds": round(rep.seconds, 2),
+                              "pages": rep.pages, "chunks": rep.chunks, "cancelled": rep.cancelled}, indent=2))
+        else:
+            for o in rep.files:
+                if o.status in ("added", "updated"):
+                    print(f"{o.status:<9} {o.path}  ({o.pages} pages, {o.chunks} chunks, {o.tables} tables)")
+                elif o.status == "failed":
+                    print(f"failed    {o.path}: {o.reason}", file=sys.stderr)
+                elif o.status != "unchanged" or args.verbose:
+                    print(f"{o.status:<9} {o.path}" + (f"  ({o.reason})" if o.reason else ""))
+            print(rep.summary())
+    return 1 if rep.failed and not any(o.status in ("added", "updated", "unchanged", "duplicate")
+                                        for o in rep.files) else 0
+
+
+def cmd_rm(args) -> int:
+    missing = []
+    with _open_kb(args) as kb:
+        for ref in args.refs:
+            if kb.remove(ref):
+                print(f"removed {ref}")
+            else:
+                missing.append(ref)
+    for ref in missing:
+        print(f"sift: error: no document {ref!r} in this knowledge base (see sift ls)", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_ls(args) -> int:
+    with _open_kb(args) as kb:
+        docs = kb.list()
+    if args.json:
+        print(json.dumps([{"id": d.id, "path": d.path, "sha256": d.sha256, "pages": d.n_pages, "chunks": d.n_chunks,
+                           "tables": d.n_tables, "state": d.state, "error": d.error, "added_at": d.added_at}
+                          for d in docs], indent=2))
+        return 0
+    if not docs:
+        print("no documents yet: sift add PATH...")
+        return 0
+    print(f"{'id':>4} {'state':<9} {'pages':>5} {'chunks':>6} {'tables':>6}  path")
+    for d in docs:
+        print(f"{d.id:>4} {d.state:<9} {d.n_pages:>5} {d.n_chunks:>6} {d.n_tables:>6}  {d.path}"
+              + (f"\n{'':>4} {d.error}" if d.error else ""))
+    return 0
+
+
+def cmd_reindex(args) -> int:
+    with _open_kb(args) as kb:
+        counts = kb.reindex(progress=ProgressLine())
+    print(f"rebuilt: {counts.chunks} chunks; FTS {counts.fts} (+{counts.fts_cjk} CJK); vectors {counts.vectors}")
+    return 0
+
+
+def cmd_watch(args) -> int:
+    folder = Path(args.folder).expanduser().resolve()
+    if not folder.is_dir():
+        print(f"sift: error: {folder} is not a folder", file=sys.stderr)
+        return 1
+    print(f"watching {folder} every {args.interval:g}s; Ctrl+C stops")
+    with _open_kb(args) as kb:
+        rounds = 0
+        while True:
+            rep = kb.sync(folder, progress=ProgressLine())
+            for o in rep.files:
+                if o.status != "unchanged":
+                    print(f"{o.status:<9} {o.path}" + (f": {o.reason}" if o.reason else ""), flush=True)
+            rounds += 1
+            if args.once or (args.rounds and rounds >= args.rounds):
+                return 0
+            time.sleep(args.interval)
+
+
 def cmd_gui(args) -> int:
     print("The Sift desktop window is not built yet; use the command line (sift --help) for now.", file=sys.stderr)
     return 2
@@ -179,6 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-quality", action="store_true", help="also prepare the quality-tier chat model")
     p.add_argument("--with-test", action="store_true", help="also prepare the tiny test chat model")
     p.set_defaults(fn=cmd_setup)
+
+    p = sub.add_parser("add", help="add files or folders (PDF, CSV, TSV, XLSX); changed files are replaced")
+    p.add_argument("paths", nargs="+", help="files or folders (walked recursively)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with every file's outcome")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged files")
+    p.set_defaults(fn=cmd_add)
+
+    p = sub.add_parser("rm", help="remove documents (by id, path or file name) from every index")
+    p.add_argument("refs", nargs="+", help="document ids, paths or file names (see sift ls)")
+    p.set_defaults(fn=cmd_rm)
+
+    p = sub.add_parser("ls", help="list the stored documents with their state, pages, chunks and tables")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(fn=cmd_ls)
+
+    p = sub.add_parser("reindex", help="rebuild every index (FTS5, vectors) from the database")
+    p.set_defaults(fn=cmd_reindex)
+
+    p = sub.add_parser("watch", help="keep a folder in sync: add new and changed files, remove deleted ones")
+    p.add_argument("folder")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between scans (default 2)")
+    p.add_argument("--once", action="store_true", help="sync once and exit")
+    p.add_argument("--rounds", type=int, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_watch)
 
     p = sub.add_parser("gui", help="open the desktop window")
     p.set_defaults(fn=cmd_gui)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from core.errors import Cancelled
@@ -31,6 +31,8 @@ class Progress:
     """A short human line about the current item."""
     elapsed_s: float = 0.0
     """Seconds since the stage started."""
+    detail: dict = field(default_factory=dict)
+    """Stage-specific counters, e.g. ``{"files": 3, "files_total": 20, "pages": 152, "chunks": 1204}``."""
 
     @property
     def fraction(self) -> float | None:
@@ -76,12 +78,13 @@ class CancelToken:
 
 
 def report(progress: Optional[ProgressFn], stage: str, done: int, total: int | None = None,
-           *, unit: str = "", message: str = "", started: float | None = None) -> None:
+           *, unit: str = "", message: str = "", started: float | None = None,
+           detail: dict | None = None) -> None:
     """Send a Progress to ``progress`` if one was given."""
     if progress is None:
         return
     elapsed = time.monotonic() - started if started is not None else 0.0
-    progress(Progress(stage, done, total, unit, message, elapsed))
+    progress(Progress(stage, done, total, unit, message, elapsed, dict(detail or {})))
 
 
 def check(cancel: Optional[CancelToken]) -> None:

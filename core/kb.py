@@ -1,0 +1,371 @@
+"""``KnowledgeBase``: the one facade the GUI, the CLI and the tests use.
+
+A knowledge base is a folder (see ``core.store.store``). Adding files runs the path of one
+document from DESIGN.md: identity by sha256 → parse in a worker process (PDF words and
+boxes, OCR, tables; CSV/XLSX sheets) → chunk with provenance → embed → one transaction that
+writes the document, its chunks, FTS rows and its real SQL tables → the vector index.
+Parsing file N+1 overlaps with embedding file N. Long work takes ``progress`` and ``cancel``;
+a cancelled or killed run leaves every committed document intact, and files that were only
+queued are picked up by the next ``add``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from core import config
+from core.errors import Cancelled, IngestError, StoreError, UnsupportedFile
+from core.jobs import CancelToken, ProgressFn, check, report
+from core.types import Chunk, DocId, ParsedDocument
+
+__all__ = ["KnowledgeBase", "AddReport", "FileOutcome", "default_kb_dir", "SUPPORTED_SUFFIXES"]
+
+SUPPORTED_SUFFIXES = (".pdf", ".csv", ".tsv", ".xlsx", ".xlsm")
+_TABLE_PREFIX = "__sift_table_"  # provisional Chunk.table names, renamed once the doc has an id
+
+
+def default_kb_dir() -> Path:
+    return config.data_dir() / "kbs" / "default"
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file in an ``add``."""
+
+    path: str
+    status: str
+    """``added``, ``updated``, ``unchanged``, ``duplicate``, ``failed`` or ``cancelled``."""
+    doc_id: int | None = None
+    pages: int = 0
+    chunks: int = 0
+    tables: int = 0
+    reason: str = ""
+    """Why it failed, or which stored file it duplicates."""
+    seconds: float = 0.0
+
+
+@dataclass
+class AddReport:
+    """The outcome of ``KnowledgeBase.add`` for every file it looked at."""
+
+    files: list[FileOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    cancelled: bool = False
+
+    def by_status(self, status: str) -> list[FileOutcome]:
+        return [f for f in self.files if f.status == status]
+
+    @property
+    def failed(self) -> list[FileOutcome]:
+        return self.by_status("failed")
+
+    @property
+    def pages(self) -> int:
+        return sum(f.pages for f in self.files)
+
+    @property
+    def chunks(self) -> int:
+        return sum(f.chunks for f in self.files)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.by_status(s))} {s}" for s in ("added", "updated", "unchanged", "duplicate", "failed",
+                                                          "cancelled") if self.by_status(s)]
+        rate = f", {self.pages / self.seconds:.1f} pages/s" if self.seconds > 0 and self.pages else ""
+        return (", ".join(parts) or "nothing to do") + f" — {self.pages} pages, {self.chunks} chunks in " \
+            f"{self.seconds:.1f}s{rate}"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[FileOutcome]]:
+    """Files to add (folders walked, hidden entries skipped) and outcomes for paths that cannot be."""
+    files: list[Path] = []
+    bad: list[FileOutcome] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        p = Path(raw).expanduser()
+        try:
+            p = p.resolve()
+        except OSError:
+            pass
+        if p.is_dir():
+            for root, dirs, names in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    f = Path(root) / name
+                    if not name.startswith(".") and f.suffix.lower() in SUPPORTED_SUFFIXES and f not in seen:
+                        seen.add(f)
+                        files.append(f)
+        elif p.is_file():
+            if p.suffix.lower() not in SUPPORTED_SUFFIXES:
+                bad.append(FileOutcome(str(p), "failed", reason=f"unsupported file type {p.suffix or '(none)'}; "
+                                       f"Sift reads {', '.join(SUPPORTED_SUFFIXES)}"))
+            elif p not in seen:
+                seen.add(p)
+                files.append(p)
+        else:
+            bad.append(FileOutcome(str(p), "failed", reason="no such file or folder"))
+    return files, bad
+
+
+class KnowledgeBase:
+    """One knowledge base folder: add, remove, list, reindex (search and answers build on it)."""
+
+    def __init__(self, folder: str | os.PathLike | None = None, *, device: str | None = None,
+                 parse_timeout_s: float = 120.0, ocr: bool = True) -> None:
+        self.folder = Path(folder).expanduser() if folder else default_kb_dir()
+        self.settings = config.Settings.load()
+        self.device = device or self.settings.device
+        self.parse_timeout_s = parse_timeout_s
+        self.ocr = ocr
+        self._embedder = None
+        self._store = None
+
+    # ------------------------------------------------------------------ resources
+
+    @property
+    def embedder(self):
+        """The embedding model, loaded on first use."""
+        if self._embedder is None:
+            from core.models import registry
+            from core.models.embedder import Embedder
+            from core.models.export import export_onnx
+
+            ref = self.settings.embedding_model
+            if Path(ref).expanduser().is_dir():
+                folder = export_onnx(Path(ref).expanduser())
+            else:
+                folder = registry.prepare(registry.get(ref))
+            self._embedder = Embedder(folder, device=self.device)
+        return self._embedder
+
+    @property
+    def model_id(self) -> str:
+        return self.settings.embedding_model
+
+    @property
+    def store(self):
+        """The open store (opened on first use; holds the folder's writer lock)."""
+        if self._store is None:
+            from core.store.store import Store
+
+            self._store = Store.open(self.folder, dim=self.embedder.dim, model_id=self.model_id)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> "KnowledgeBase":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def list(self) -> list:
+        """Every stored document (``DocumentRecord``: path, sha256, state, pages, chunks, tables, error)."""
+        return self.store.list_documents()
+
+    def counts(self):
+        """Rows in SQLite, each FTS index and the vector index (they agree when consistent)."""
+        return self.store.counts()
+
+    def find(self, ref: str | int):
+        """A document by id, path, or file name; None when there is none."""
+        st = self.store
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            rec = st.get_document(DocId(int(ref)))
+            if rec is not None:
+                return rec
+        ref = str(ref)
+        rec = st.find_by_path(str(Path(ref).expanduser().resolve())) or st.find_by_path(ref)
+        if rec is not None:
+            return rec
+        named = [d for d in st.list_documents() if d.name == ref]
+        return named[0] if len(named) == 1 else None
+
+    # ------------------------------------------------------------------ writing
+
+    def remove(self, ref: str | int) -> bool:
+        """Remove a document (by id, path or name) from every index, its SQL tables included."""
+        from core.store.sqltables import drop_sql_tables
+
+        rec = self.find(ref)
+        if rec is None:
+            return False
+        return self.store.remove_document(rec.id, in_transaction=lambda db, doc_id: drop_sql_tables(db, doc_id))
+
+    def reindex(self, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+        """Rebuild every index (FTS5, HNSW) from the database alone."""
+        return self.store.reindex(progress=progress, cancel=cancel)
+
+    def add(self, paths: Iterable[str | os.PathLike], *, progress: ProgressFn | None = None,
+            cancel: CancelToken | None = None) -> AddReport:
+        """Add files and folders; unchanged files are skipped, changed ones replaced.
+
+        A file that cannot be read is recorded as failed with its reason and the others go on.
+        ``progress`` gets stage ``add`` reports (unit ``bytes`` for the ETA, with files, pages and
+        chunks in ``detail``) and the inner ``parse``/``embed`` reports. Cancelling stops
+        between units of work: what was committed stays, the rest stays queued.
+        """
+        t0 = time.monotonic()
+        files, outcomes = expand_paths(paths)
+        rep = AddReport(files=list(outcomes))
+        st = self.store
+        todo: list[tuple[Path, str, int, float, object]] = []
+        queued_sha: dict[str, Path] = {}
+        for f in files:
+            check(cancel)
+            try:
+                stat = f.stat()
+                sha = sha256_of(f)
+            except OSError as e:
+                rep.files.append(FileOutcome(str(f), "failed", reason=f"cannot read: {e.strerror or e}"))
+                continue
+            old = st.find_by_path(str(f))
+            if old is not None and old.sha256 == sha and old.state == "ready":
+                rep.files.append(FileOutcome(str(f), "unchanged", doc_id=old.id, pages=0, chunks=0))
+                continue
+            twin = next((d for d in st.find_by_sha(sha) if d.state == "ready" and d.path != str(f)), None)
+            if twin is not None and Path(twin.path).exists():
+                rep.files.append(FileOutcome(str(f), "duplicate", doc_id=twin.id, reason=f"same content as {twin.path}"))
+                continue
+            if sha in queued_sha:
+                rep.files.append(FileOutcome(str(f), "duplicate", reason=f"same content as {queued_sha[sha]}"))
+                continue
+            queued_sha[sha] = f
+            kind = f.suffix.lower().lstrip(".")
+            st.register(str(f), kind=kind, sha256=sha, size=stat.st_size, mtime=stat.st_mtime)
+            todo.append((f, sha, stat.st_size, stat.st_mtime, old))
+        if todo:
+            self._ingest(todo, rep, progress=progress, cancel=cancel, started=t0)
+        rep.seconds = time.monotonic() - t0
+        return rep
+
+    def _ingest(self, todo, rep: AddReport, *, progress, cancel, started: float) -> None:
+        from core.ingest.worker import ParsePool
+
+        st = self.store
+        total_bytes = sum(t[2] for t in todo) or 1
+        done_bytes = pages = chunks_n = 0
+        by_path = {str(t[0]): t for t in todo}
+        handled: set[str] = set()
+
+        def tick(message: str, files_done: int) -> None:
+            report(progress, "add", done_bytes, total_bytes, unit="bytes", message=message, started=started,
+                   detail={"files": files_done, "files_total": len(todo), "pages": pages, "chunks": chunks_n})
+
+        tick(f"parsing {todo[0][0].name}", 0)
+        try:
+            with ParsePool(timeout_s=self.parse_timeout_s, opts={"ocr": self.ocr}) as pool, st.bulk():
+                for i, (path, result) in enumerate(pool.imap([t[0] for t in todo], progress=progress,
+                                                             cancel=cancel)):
+                    f, sha, size, mtime, old = by_path[path]
+                    t_file = time.monotonic()
+                    rec = st.find_by_path(path)
+                    if isinstance(result, IngestError):
+                        st.set_state(rec.id, "failed", result.reason)
+                        rep.files.append(FileOutcome(path, "failed", doc_id=rec.id, reason=result.reason))
+                    else:
+                        try:
+                            out = self._store_parsed(result, f, sha, size, mtime, old, rec.id, progress, cancel)
+                        except IngestError as e:
+                            st.set_state(rec.id, "failed", e.reason)
+                            out = FileOutcome(path, "failed", doc_id=rec.id, reason=e.reason)
+                        rep.files.append(FileOutcome(**{**out.__dict__, "seconds": time.monotonic() - t_file}))
+                        pages += out.pages
+                        chunks_n += out.chunks
+                    handled.add(path)
+                    done_bytes += size
+                    nxt = todo[i + 1][0].name if i + 1 < len(todo) else ""
+                    tick(f"{f.name} done" + (f"; parsing {nxt}" if nxt else ""), i + 1)
+        except Cancelled:
+            rep.cancelled = True
+            for f, *_ in todo:
+                if str(f) not in handled:
+                    rep.files.append(FileOutcome(str(f), "cancelled", reason="cancelled; still queued"))
+                    rec = st.find_by_path(str(f))
+                    if rec is not None and rec.state != "ready" and rec.n_chunks == 0:
+                        st.set_state(rec.id, "queued")
+                    elif rec is not None:  # an earlier version is still stored and searchable
+                        st.set_state(rec.id, "ready")
+
+    def _store_parsed(self, parsed: ParsedDocument, f: Path, sha: str, size: int, mtime: float, old,
+                      doc_id: DocId, progress, cancel) -> FileOutcome:
+        from core.ingest.chunking import chunk_pages
+        from core.store.sqltables import create_sql_table, drop_sql_tables, table_chunks
+
+        st = self.store
+        emb = self.embedder
+        st.set_state(doc_id, "embedding")
+        count = emb.count_tokens
+        chunks: list[Chunk] = list(chunk_pages(parsed.pages, count_tokens=count, max_tokens=emb.max_length))
+        tables = list(parsed.tables) + [t for p in parsed.pages for t in p.tables]
+        for i, table in enumerate(tables):
+            chunks += table_chunks(table, f"{_TABLE_PREFIX}{i}", count_tokens=count, max_tokens=emb.max_length)
+        if not chunks:
+            raise IngestError(str(f), "no text found (empty pages and no table rows)")
+        check(cancel)
+        vectors = emb.encode([c.text for c in chunks], progress=progress, cancel=cancel).pooled
+        check(cancel)
+        old_id = old.id if old is not None and old.state in ("ready", "queued") and old.n_chunks else None
+
+        def write_tables(db, new_id):
+            if old_id is not None:
+                drop_sql_tables(db, old_id)
+            drop_sql_tables(db, new_id)  # leftovers of an interrupted attempt under the same id
+            return {f"{_TABLE_PREFIX}{i}": create_sql_table(db, t, doc_id=new_id).name for i, t in enumerate(tables)}
+
+        kw = dict(path=str(f), sha256=sha, size=size, mtime=mtime, in_transaction=write_tables)
+        if old_id is not None:
+            new_id = st.replace_document(old_id, parsed, chunks, vectors, **kw)
+            status = "updated"
+        else:
+            new_id = st.add_document(parsed, chunks, vectors, **kw)
+            status = "added"
+        return FileOutcome(str(f), status, doc_id=new_id, pages=len(parsed.pages), chunks=len(chunks),
+                           tables=len(tables))
+
+    # ------------------------------------------------------------------ folders
+
+    def sync(self, folder: str | os.PathLike, *, progress: ProgressFn | None = None,
+             cancel: CancelToken | None = None) -> AddReport:
+        """Make the knowledge base match ``folder``: add new and changed files, remove deleted ones.
+
+        Files whose size and mtime match the stored record are not re-hashed, so a sync of an
+        unchanged folder costs only a directory walk.
+        """
+        root = Path(folder).expanduser().resolve()
+        files, _ = expand_paths([root])
+        on_disk = {str(f) for f in files}
+        stored = {d.path: d for d in self.store.list_documents() if Path(d.path).is_relative_to(root)}
+        changed = []
+        for f in files:
+            d = stored.get(str(f))
+            if d is not None and d.state == "ready":
+                try:
+                    s = f.stat()
+                except OSError:
+                    continue
+                if d.size == s.st_size and d.mtime == s.st_mtime:
+                    continue
+            changed.append(f)
+        rep = self.add(changed, progress=progress, cancel=cancel) if changed else AddReport()
+        for path, d in stored.items():
+            if path not in on_disk:
+                self.remove(d.id)
+                rep.files.append(FileOutcome(path, "removed", doc_id=d.id))
+        return rep
