@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # the parse worker is a spawned process; frozen apps need this
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "fn", None):

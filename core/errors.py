@@ -78,6 +78,9 @@ class IngestError(KnownError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self):  # picklable across the parse worker's process boundary
+        return (type(self), (self.path, self.reason), {"fix": self.fix})
+
 
 class UnsupportedFile(IngestError):
     """A file type Sift does not read."""

@@ -72,7 +72,7 @@ class ParsedPage:
     words: tuple[Word, ...]
     headings: tuple[Heading, ...] = ()
     ocr: bool = False
-    """True when the text came from OCR of the rendered page."""
+    """True when any of the text came from OCR of the rendered page (a small real text layer is kept beside it)."""
     tables: tuple[ExtractedTable, ...] = ()
 
 

@@ -1,0 +1,887 @@
+"""PDF parsing with provenance: words with boxes in reading order, headings, tables, OCR fallback.
+
+Every ``Word`` indexes exactly into its page's text (``text[w.start:w.end] == w.text``) so that a
+chunk, an answer span or a citation can be drawn back onto the page. Reading order comes from a
+recursive XY-cut over text lines (column gutters before row gaps), which reads multi-column pages
+column by column at no model cost: PyMuPDF's own ``sort=True`` reads across columns, and its ML
+layout analyser costs about a second per page on a laptop CPU, so it is only asked to find tables
+on pages that look tabular. Pages without a usable text layer go to ``core.ingest.ocr``.
+
+PyMuPDF must not be driven from several threads at once: call this from one thread (the parse
+worker process in ``core.ingest.worker`` does exactly that).
+"""
+from __future__ import annotations
+
+import re
+import statistics
+import time
+import unicodedata
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import pymupdf
+
+from core.errors import Cancelled, DamagedFile, EncryptedFile, ModelNotInstalled
+from core.jobs import CancelToken, ProgressFn, check, report
+from core.types import ExtractedTable, Heading, ParsedDocument, ParsedPage, Rect, Word
+
+if TYPE_CHECKING:
+    from core.ingest.ocr import OcrEngine
+
+__all__ = [
+    "parse_pdf",
+    "LineWord",
+    "TextLine",
+    "order_lines",
+    "assemble_page_text",
+    "is_cjk",
+]
+
+# Whitespace kept so word breaks are seen; ligatures expanded ("ﬁ" -> "fi") so words are searchable;
+# text outside the mediabox is invisible to a reader and left out.
+_TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
+
+_MIN_TEXT_CHARS = 20
+"""A page with fewer visible characters than this has no usable text layer (scan → OCR)."""
+
+_BOLD_FONT = re.compile(r"bold|black|heavy|semibold|demi|cmbx|-bd\b|,b$|medi\b", re.IGNORECASE)
+_PAGE_LABEL = re.compile(r"^\s*(page|p\.|seite|página)?\s*\d+\s*((of|/|von|de)\s*\d+)?\s*$", re.IGNORECASE)
+_JUNK_TITLE = re.compile(
+    r"^(untitled|no title|title|document\d*|microsoft (word|powerpoint)|slide \d+)\b"
+    r"|\.(docx?|pdf|tex|dvi|rtf|odt|indd)$",
+    re.IGNORECASE,
+)
+
+
+# ---------------------------------------------------------------- shared line model (also used by OCR)
+
+
+@dataclass(frozen=True)
+class LineWord:
+    """A word on its way into a page: text, box, and whether a space separated it from the previous."""
+
+    text: str
+    rect: Rect
+    space_before: bool = True
+    size: float = 0.0
+    bold: bool = False
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One visual line of words (left to right) with the paragraph it belongs to."""
+
+    words: list[LineWord]
+    rect: Rect
+    block: int | None = None
+    """Lines with the same block id are one paragraph ("\\n" between them, "\\n\\n" otherwise).
+    None (OCR) means: decide from geometry."""
+    size: float = 0.0
+    bold: bool = False
+    table: bool = False
+    rotated: bool = False
+
+    @property
+    def n_chars(self) -> int:
+        return sum(len(w.text) for w in self.words)
+
+
+def is_cjk(ch: str) -> bool:
+    """True for a Han, kana or Hangul character: such scripts have no spaces, so each is a word."""
+    o = ord(ch)
+    return (
+        0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FA1F
+        or 0xF900 <= o <= 0xFAFF or 0x3040 <= o <= 0x30FF or 0xAC00 <= o <= 0xD7AF
+        or 0x3000 <= o <= 0x303F or 0xFF00 <= o <= 0xFFEF
+    )
+
+
+def _union(rects: Iterable[Rect]) -> Rect:
+    x0 = y0 = float("inf")
+    x1 = y1 = float("-inf")
+    for r in rects:
+        x0, y0, x1, y1 = min(x0, r[0]), min(y0, r[1]), max(x1, r[2]), max(y1, r[3])
+    if x0 == float("inf"):
+        return (0.0, 0.0, 0.0, 0.0)
+    return (x0, y0, x1, y1)
+
+
+class _Displayed:
+    """Maps PyMuPDF's unrotated text coordinates into the page as displayed (``page.rect``, and
+    what ``get_pixmap`` renders), so a rotated page's words land where a reader sees them."""
+
+    def __init__(self, page: pymupdf.Page) -> None:
+        self.m = page.rotation_matrix if page.rotation % 360 else None
+
+    def rect(self, r: Sequence[float]) -> Rect:
+        if self.m is None:
+            return (float(r[0]), float(r[1]), float(r[2]), float(r[3]))
+        t = pymupdf.Rect(r) * self.m
+        t.normalize()
+        return (t.x0, t.y0, t.x1, t.y1)
+
+    def direction(self, d: Sequence[float]) -> tuple[float, float]:
+        if self.m is None:
+            return (float(d[0]), float(d[1]))
+        m = self.m
+        return (d[0] * m.a + d[1] * m.c, d[0] * m.b + d[1] * m.d)
+
+
+def _round(r: Sequence[float]) -> Rect:
+    return (round(r[0], 2), round(r[1], 2), round(r[2], 2), round(r[3], 2))
+
+
+# ---------------------------------------------------------------- reading order (recursive XY-cut)
+
+
+@dataclass(frozen=True)
+class _Atom:
+    """A unit the XY-cut moves as a whole: one text line, or a whole table's rows."""
+
+    rect: Rect
+    lines: list[TextLine]
+    words_per_line: float = 0.0
+    n_words: int = 0
+
+
+def _atom(lines: list[TextLine]) -> _Atom:
+    n_words = sum(len(ln.words) for ln in lines)
+    return _Atom(_union(ln.rect for ln in lines), lines, n_words / max(1, len(lines)), n_words)
+
+
+def _gaps(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Empty stretches between the union of intervals, as (start, end)."""
+    out: list[tuple[float, float]] = []
+    intervals = sorted(intervals)
+    reach = intervals[0][1]
+    for a, b in intervals[1:]:
+        if a > reach:
+            out.append((reach, a))
+        reach = max(reach, b)
+    return out
+
+
+def _is_column(side: list[_Atom]) -> bool:
+    """Running text or stacked paragraphs (author blocks), not a column of labels, numbers or
+    bullets: those are read row by row."""
+    if sum(a.n_words for a in side) >= 6 and statistics.median(a.words_per_line for a in side) >= 3:
+        return True
+    blocks: dict[int | None, int] = {}
+    for a in side:
+        for ln in a.lines:
+            blocks[ln.block] = blocks.get(ln.block, 0) + 1
+    multi = sum(n for b, n in blocks.items() if b is not None and n >= 2)
+    total = sum(blocks.values())
+    return total >= 2 and multi >= 0.6 * total
+
+
+def _xy_order(atoms: list[_Atom], out: list[_Atom], min_col_gap: float) -> None:
+    stack = [atoms]
+    # Depth-first with an explicit stack (pages can have thousands of lines); pieces are pushed in
+    # reverse so they pop in reading order.
+    while stack:
+        group = stack.pop()
+        if len(group) <= 1 or len(group) > 5000:
+            out.extend(sorted(group, key=lambda a: (a.rect[1], a.rect[0])))
+            continue
+        # Row gaps use the middle 60% of each box: consecutive line boxes often overlap a little.
+        h_gaps = _gaps([(a.rect[1] + 0.2 * (a.rect[3] - a.rect[1]), a.rect[3] - 0.2 * (a.rect[3] - a.rect[1]))
+                        for a in group])
+        widest_h = max((b - a for a, b in h_gaps), default=0.0)
+        v_cut = None
+        v_gaps = sorted(_gaps([(a.rect[0], a.rect[2]) for a in group]), key=lambda g: g[0] - g[1])
+        for a, b in v_gaps[:4]:
+            if b - a < min_col_gap:
+                break
+            x = (a + b) / 2
+            left = [t for t in group if t.rect[2] <= x]
+            right = [t for t in group if t.rect[2] > x]
+            if _is_column(left) and _is_column(right):
+                v_cut = (b - a, left, right)
+                break
+        if v_cut is not None and v_cut[0] >= widest_h:
+            stack.append(v_cut[2])
+            stack.append(v_cut[1])
+            continue
+        if h_gaps:
+            # Cut at every gap about as wide as the widest at once: keeps the recursion shallow
+            # on long uniform pages, and narrow gaps that line up by chance across columns are
+            # left for the sub-groups, where the column gutter wins.
+            cut_at = [(a + b) / 2 for a, b in h_gaps if (b - a) >= max(widest_h * 0.8, widest_h - 2.0)]
+            bands: list[list[_Atom]] = [[] for _ in range(len(cut_at) + 1)]
+            for t in group:
+                mid = (t.rect[1] + t.rect[3]) / 2
+                k = 0
+                while k < len(cut_at) and mid > cut_at[k]:
+                    k += 1
+                bands[k].append(t)
+            stack.extend(reversed([b for b in bands if b]))
+            continue
+        if v_cut is not None:
+            stack.append(v_cut[2])
+            stack.append(v_cut[1])
+            continue
+        out.extend(_row_order(group))
+
+
+def _row_order(group: list[_Atom]) -> list[_Atom]:
+    """Top to bottom, and left to right within a row of boxes that overlap vertically."""
+    rows: list[list[_Atom]] = []
+    for a in sorted(group, key=lambda a: (a.rect[1], a.rect[0])):
+        if rows:
+            last = rows[-1]
+            top = min(t.rect[1] for t in last)
+            bottom = max(t.rect[3] for t in last)
+            h = min(a.rect[3] - a.rect[1], bottom - top)
+            if min(bottom, a.rect[3]) - max(top, a.rect[1]) > 0.5 * max(h, 0.1):
+                last.append(a)
+                continue
+        rows.append([a])
+    return [a for row in rows for a in sorted(row, key=lambda a: a.rect[0])]
+
+
+def order_lines(lines: list[TextLine], tables: Sequence[list[TextLine]] = ()) -> list[TextLine]:
+    """Reading order for a page's horizontal lines; each table (its rows in order) moves as one unit."""
+    atoms = [_atom([ln]) for ln in lines if ln.words]
+    atoms += [_atom(rows) for rows in tables if rows]
+    if not atoms:
+        return []
+    heights = [ln.rect[3] - ln.rect[1] for ln in lines if ln.words] or [10.0]
+    min_col_gap = max(4.0, 0.6 * statistics.median(heights))
+    out: list[_Atom] = []
+    _xy_order(atoms, out, min_col_gap)
+    return [ln for a in out for ln in a.lines]
+
+
+def _same_paragraph(a: TextLine, b: TextLine) -> bool:
+    if a.block is not None or b.block is not None:
+        return a.block is not None and a.block == b.block
+    # OCR lines: the next line just below, overlapping horizontally, continues the paragraph.
+    h = min(a.rect[3] - a.rect[1], b.rect[3] - b.rect[1])
+    gap = b.rect[1] - a.rect[3]
+    overlap = min(a.rect[2], b.rect[2]) - max(a.rect[0], b.rect[0])
+    return b.rect[1] > a.rect[1] and gap < 0.8 * h and overlap > 0
+
+
+def assemble_page_text(lines: Sequence[TextLine]) -> tuple[str, tuple[Word, ...], list[tuple[int, int]]]:
+    """Join ordered lines into page text: words by " " (or nothing inside CJK runs), lines by "\\n",
+    paragraphs by "\\n\\n". Returns the text, its words, and each line's (start, end)."""
+    parts: list[str] = []
+    words: list[Word] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    prev: TextLine | None = None
+    for ln in lines:
+        if prev is not None:
+            sep = "\n" if _same_paragraph(prev, ln) else "\n\n"
+            parts.append(sep)
+            pos += len(sep)
+        start = pos
+        for i, w in enumerate(ln.words):
+            if i and w.space_before:
+                parts.append(" ")
+                pos += 1
+            words.append(Word(w.text, _round(w.rect), pos, pos + len(w.text)))
+            parts.append(w.text)
+            pos += len(w.text)
+        spans.append((start, pos))
+        prev = ln
+    return "".join(parts), tuple(words), spans
+
+
+# ---------------------------------------------------------------- text layer
+
+
+def _is_bold(span: dict) -> bool:
+    return bool(span.get("flags", 0) & pymupdf.TEXT_FONT_BOLD) or bool(_BOLD_FONT.search(span.get("font", "")))
+
+
+def _page_lines(page: pymupdf.Page) -> tuple[list[TextLine], list[TextLine], int, int]:
+    """Horizontal lines, other (rotated) lines, visible char count, unreadable char count."""
+    raw = page.get_text("rawdict", flags=_TEXT_FLAGS)
+    disp = _Displayed(page)
+    lines: list[TextLine] = []
+    rotated: list[TextLine] = []
+    visible = unknown = 0
+    for bno, block in enumerate(raw.get("blocks", ())):
+        if block.get("type") != 0:
+            continue
+        for line in block.get("lines", ()):
+            words: list[LineWord] = []
+            cur: list[tuple[str, Sequence[float]]] = []
+            cur_size = 0.0
+            cur_bold = False
+            gap = False  # whitespace seen since the last word
+
+            def flush() -> None:
+                nonlocal cur, gap
+                if cur:
+                    words.append(LineWord("".join(c for c, _ in cur), _union(b for _, b in cur),
+                                          gap or not words, cur_size, cur_bold))
+                    gap = False
+                cur = []
+
+            for span in line.get("spans", ()):
+                size = float(span.get("size", 0.0))
+                bold = _is_bold(span)
+                for ch in span.get("chars", ()):
+                    c = ch.get("c", "")
+                    if not c or c.isspace():
+                        flush()
+                        gap = True
+                        continue
+                    if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs"):
+                        continue  # control and format characters have no glyph to point at
+                    visible += 1
+                    if c == "\ufffd":
+                        unknown += 1
+                    bbox = disp.rect(ch.get("bbox", (0, 0, 0, 0)))
+                    if is_cjk(c):
+                        flush()
+                        cur = [(c, bbox)]
+                        cur_size, cur_bold = size, bold
+                        flush()
+                        continue
+                    if not cur:
+                        cur_size, cur_bold = size, bold
+                    cur.append((c, bbox))
+            flush()
+            if not words:
+                continue
+            n = sum(len(w.text) for w in words)
+            size = sum(w.size * len(w.text) for w in words) / n
+            bold = sum(len(w.text) for w in words if w.bold) >= 0.9 * n
+            dx, dy = disp.direction(line.get("dir", (1.0, 0.0)))
+            upright = dx > 0.9 and abs(dy) < 0.2
+            rect = _union(w.rect for w in words)
+            prev = lines[-1] if upright and lines else None
+            if prev is not None and prev.block == bno and _same_row(prev.rect, rect):
+                # MuPDF breaks a visual line at wide gaps (e.g. after a sentence in justified
+                # text): one row of one paragraph is one line of text.
+                words[0] = replace(words[0], space_before=True)
+                merged = prev.words + words
+                m = sum(len(w.text) for w in merged)
+                lines[-1] = TextLine(merged, _union((prev.rect, rect)), bno,
+                                     (prev.size * prev.n_chars + size * n) / m,
+                                     prev.bold and bold)
+                continue
+            tl = TextLine(words, rect, bno, size, bold, rotated=not upright)
+            (lines if upright else rotated).append(tl)
+    return lines, rotated, visible, unknown
+
+
+def _same_row(a: Rect, b: Rect) -> bool:
+    """``b`` continues ``a`` on the same visual line: it starts just after ``a`` ends (a gap wider
+    than 1.5 line heights may be a column gutter) and shares most of its height."""
+    h = min(a[3] - a[1], b[3] - b[1])
+    overlap = min(a[3], b[3]) - max(a[1], b[1])
+    return h > 0 and overlap >= 0.7 * h and a[2] - 1.0 <= b[0] <= a[2] + 1.5 * h
+
+
+def _body_size(lines: Sequence[TextLine]) -> float:
+    weight: dict[float, int] = {}
+    for ln in lines:
+        for w in ln.words:
+            key = round(w.size * 2) / 2
+            weight[key] = weight.get(key, 0) + len(w.text)
+    return max(weight, key=lambda k: (weight[k], -k)) if weight else 0.0
+
+
+def _headings(ordered: Sequence[TextLine], spans: Sequence[tuple[int, int]], text: str,
+              body: float = 0.0) -> tuple[Heading, ...]:
+    """Blocks set clearly larger (levels 1-3 by size ratio) or bold at body size (level 4).
+    ``body`` is the document's body font size; the page's own is used when it is unknown."""
+    body_lines = [ln for ln in ordered if not ln.table and not ln.rotated]
+    body = body or _body_size(body_lines)
+    if body <= 0:
+        return ()
+    body_chars = sum(ln.n_chars for ln in body_lines)
+    bold_chars = sum(len(w.text) for ln in body_lines for w in ln.words if w.bold)
+    bold_is_body = bold_chars > 0.5 * body_chars
+    by_block: dict[int, list[TextLine]] = {}
+    for ln in body_lines:
+        if ln.block is not None:
+            by_block.setdefault(ln.block, []).append(ln)
+    level_of: dict[int, int] = {}
+    for bno, blines in by_block.items():
+        chars = sum(ln.n_chars for ln in blines)
+        letters = sum(c.isalpha() for ln in blines for w in ln.words for c in w.text)
+        if len(blines) > 3 or chars > 120 or letters < 2:
+            continue
+        if _PAGE_LABEL.match(" ".join(w.text for ln in blines for w in ln.words)):
+            continue  # "Page 3 of 12" in a bold footer is not a section
+        ratio = min(ln.size for ln in blines) / body
+        if ratio >= 1.6:
+            level = 1
+        elif ratio >= 1.35:
+            level = 2
+        elif ratio >= 1.15:
+            level = 3
+        elif ratio >= 0.95 and all(ln.bold for ln in blines) and not bold_is_body and chars <= 100:
+            level = 4
+        else:
+            continue
+        level_of[bno] = level
+    out: list[Heading] = []
+    run_block: int | None = None
+    run_start = run_end = 0
+    for ln, (s, e) in zip(ordered, spans):
+        if ln.table or ln.rotated or ln.block not in level_of:
+            if run_block is not None:
+                out.append(_heading(text, run_start, run_end, level_of[run_block]))
+            run_block = None
+            continue
+        if ln.block == run_block:
+            run_end = e
+            continue
+        if run_block is not None:
+            out.append(_heading(text, run_start, run_end, level_of[run_block]))
+        run_block, run_start, run_end = ln.block, s, e
+    if run_block is not None:
+        out.append(_heading(text, run_start, run_end, level_of[run_block]))
+    return tuple(out)
+
+
+def _heading(text: str, start: int, end: int, level: int) -> Heading:
+    return Heading(" ".join(text[start:end].split()), level, start, end)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _center_in(r: Rect, box: Sequence[float]) -> bool:
+    cx, cy = (r[0] + r[2]) / 2, (r[1] + r[3]) / 2
+    return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+
+
+def _cell_text(words: Sequence[LineWord], rect: Sequence[float] | None) -> str:
+    if rect is None:
+        return ""
+    inside = [w for w in words if _center_in(w.rect, rect)]
+    inside.sort(key=lambda w: (round(w.rect[1]), w.rect[0]))
+    return " ".join(w.text for w in inside)
+
+
+_NUMERIC = re.compile(r"^[\s$€£¥%()+\-–—.,:/0-9]*[0-9][\s$€£¥%()+\-–—.,:/0-9]*$")
+_CURRENCY = {"$", "€", "£", "¥", "US$"}
+
+
+def _is_numeric(cell: str) -> bool:
+    return bool(_NUMERIC.match(cell))
+
+
+def _union_opt(a: Rect | None, b: Rect | None) -> Rect | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return _union((a, b))
+
+
+def _merge_split_columns(grid: list[list[str]], rects: list[list[Rect | None]]) -> None:
+    """Merge neighbouring columns that never both hold text in one row, in place.
+
+    Line-based grids often split one logical column in two: a "$" in its own cell left of the
+    amount, or an amount spanning two grid cells in some rows and one in others."""
+    j = 0
+    while grid and j < len(grid[0]) - 1:
+        def content(cell: str, left: bool) -> bool:
+            return bool(cell) and not (left and cell in _CURRENCY)
+
+        if all(not (content(r[j], True) and content(r[j + 1], False)) for r in grid):
+            for r, rr in zip(grid, rects):
+                r[j] = " ".join(x for x in (r[j], r[j + 1]) if x)
+                rr[j] = _union_opt(rr[j], rr[j + 1])
+                del r[j + 1], rr[j + 1]
+        else:
+            j += 1
+
+
+def _header_above(lines: Sequence[TextLine], bbox: Sequence[float], col_ranges: list[tuple[float, float]]
+                  ) -> tuple[list[str], list[Rect | None]]:
+    """Column titles printed just above a table whose grid starts with data (common in filings)."""
+    n = len(col_ranges)
+    width = bbox[2] - bbox[0]
+    above = [ln for ln in lines if ln.rect[3] <= bbox[1] + 1 and ln.rect[2] > bbox[0] and ln.rect[0] < bbox[2]]
+    above.sort(key=lambda ln: -ln.rect[3])
+    picked: list[TextLine] = []
+    edge = bbox[1]
+    for ln in above:
+        h = max(1.0, ln.rect[3] - ln.rect[1])
+        if edge - ln.rect[3] > 1.5 * h + 2:
+            break
+        if len(ln.words) >= 8 or ln.rect[0] < bbox[0] - 10 or ln.rect[2] > bbox[2] + 10 \
+                or (ln.rect[2] - ln.rect[0] > 0.8 * width and len(ln.words) >= 4):
+            break  # a paragraph or a caption, not column titles
+        picked.append(ln)
+        edge = min(edge, ln.rect[1])
+        if len(picked) >= 12:
+            break
+    texts: list[list[LineWord]] = [[] for _ in range(n)]
+    for ln in picked:
+        for w in ln.words:
+            cx = (w.rect[0] + w.rect[2]) / 2
+            k = min(range(n), key=lambda c: 0.0 if col_ranges[c][0] <= cx <= col_ranges[c][1]
+                    else min(abs(cx - col_ranges[c][0]), abs(cx - col_ranges[c][1])))
+            texts[k].append(w)
+    names, rects = [], []
+    for ws in texts:
+        ws.sort(key=lambda w: (round(w.rect[1]), w.rect[0]))
+        names.append(" ".join(w.text for w in ws))
+        rects.append(_union(w.rect for w in ws) if ws else None)
+    return names, rects
+
+
+def _opt(r: Sequence[float] | None) -> Rect | None:
+    return None if r is None else (float(r[0]), float(r[1]), float(r[2]), float(r[3]))
+
+
+def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable | None:
+    # find_tables already reports rotated pages in displayed coordinates, like our words.
+    words = [w for ln in lines for w in ln.words]
+    bbox = _opt(tab.bbox)
+    rows = [[_opt(c) for c in r.cells] for r in tab.rows]
+    ncols = max((len(r) for r in rows), default=0)
+    rows = [(r + [None] * ncols)[:ncols] for r in rows]
+    header = tab.header
+    external = header is not None and header.external
+    if external:
+        head_rects = ([_opt(c) for c in header.cells] + [None] * ncols)[:ncols]
+        head_text = [_cell_text(words, r) for r in head_rects]
+        # PyMuPDF takes a title or caption above a plain table for an outside header: a real one
+        # names at least two columns.
+        external = sum(1 for t in head_text if t) >= 2
+    if external:
+        body = rows
+    else:
+        head_rects = rows[0] if rows else [None] * ncols
+        head_text = [_cell_text(words, r) for r in head_rects]
+        body = rows[1:]
+    grid = [head_text] + [[_cell_text(words, c) for c in r] for r in body]
+    rects: list[list[Rect | None]] = [[tuple(c) if c is not None else None for c in r]  # type: ignore[misc]
+                                      for r in [head_rects] + body]
+    # Spacer rows and columns (empty everywhere) carry no data and would confuse SQL.
+    keep = [0] + [i for i in range(1, len(grid)) if any(grid[i])]
+    grid, rects = [grid[i] for i in keep], [rects[i] for i in keep]
+    cols = [j for j in range(ncols) if any(r[j] for r in grid)]
+    grid = [[r[j] for j in cols] for r in grid]
+    rects = [[r[j] for j in cols] for r in rects]
+    _merge_split_columns(grid, rects)
+    ncols = len(grid[0]) if grid else 0
+    head = [c for c in grid[0] if c] if grid else []
+    if not external and (not head or sum(map(_is_numeric, head)) >= 0.5 * len(head)):
+        # The grid's first row is data: the titles, if any, are printed above the table.
+        col_ranges = []
+        for j in range(ncols):
+            xs = [r[j] for r in rects if r[j] is not None]
+            col_ranges.append((min(x[0] for x in xs), max(x[2] for x in xs)) if xs else (0.0, 0.0))
+        names, name_rects = _header_above(lines, bbox, col_ranges)
+        grid.insert(0, names)
+        rects.insert(0, name_rects)
+    body_rows = [i for i in range(1, len(grid)) if any(grid[i])]
+    if ncols < 2 or not body_rows:
+        return None  # one column or one row is a box around text, not a table
+    return ExtractedTable(
+        name="",
+        header=tuple(grid[0]),
+        rows=tuple(tuple(grid[i]) for i in body_rows),
+        page=number,
+        bbox=_round(bbox),
+        cell_rects=tuple(tuple(_round(c) if c is not None else None for c in rects[i]) for i in body_rows),
+        header_rects=tuple(_round(c) if c is not None else None for c in rects[0]),
+    )
+
+
+def _looks_tabular(lines: Sequence[TextLine]) -> bool:
+    """Several lines holding three or more numbers each: a table, ruled or not."""
+    return sum(1 for ln in lines if sum(_is_numeric(w.text) for w in ln.words) >= 3) >= 4
+
+
+def _find_tables(page: pymupdf.Page, layout: bool | None, lines: Sequence[TextLine]) -> list[Any]:
+    """PyMuPDF's table finder. ``layout=None`` (auto) asks the layout model (~1 s a page on a CPU)
+    only on pages that look tabular: it finds unruled tables and rejects ruled boxes of prose."""
+    def run(use_layout: bool) -> list[Any]:
+        finder = page.find_tables(use_layout=use_layout)
+        return list(finder.tables) if finder is not None else []
+
+    if layout is None:
+        found = run(False)
+        if (found or _looks_tabular(lines)) and pymupdf._get_layout is not None:
+            found = run(True)
+        return found
+    return run(bool(layout))
+
+
+def _tables(page: pymupdf.Page, number: int, lines: Sequence[TextLine], layout: bool | None,
+            warnings: list[str]) -> tuple[list[ExtractedTable], list[Rect]]:
+    """Tables on the page (cell texts from the page's own words) and the regions they cover."""
+    try:
+        found = _find_tables(page, layout, lines)
+    except Exception as e:  # table detection is a bonus: a failure must not lose the page's text
+        warnings.append(f"page {number}: table detection failed ({type(e).__name__}: {e})")
+        return [], []
+    tables: list[ExtractedTable] = []
+    regions: list[Rect] = []
+    for tab in found:
+        try:
+            table = _table(tab, number, lines)
+        except Exception as e:
+            warnings.append(f"page {number}: a table could not be read ({type(e).__name__}: {e})")
+            continue
+        if table is None:
+            continue
+        tables.append(replace(table, name=f"p{number}-t{len(tables) + 1}"))
+        regions.append(table.bbox)  # type: ignore[arg-type]
+    return tables, regions
+
+
+def _table_rows(lines: list[TextLine], block: int) -> list[TextLine]:
+    """The words inside a table region, re-cut into one text line per visual row."""
+    words = [w for ln in lines for w in ln.words]
+    words.sort(key=lambda w: ((w.rect[1] + w.rect[3]) / 2, w.rect[0]))
+    rows: list[list[LineWord]] = []
+    for w in words:
+        if rows:
+            last = rows[-1]
+            top = min(x.rect[1] for x in last)
+            bottom = max(x.rect[3] for x in last)
+            mid = (w.rect[1] + w.rect[3]) / 2
+            if top <= mid <= bottom:
+                last.append(w)
+                continue
+        rows.append([w])
+    out = []
+    for r in rows:
+        r.sort(key=lambda w: w.rect[0])
+        r = [LineWord(w.text, w.rect, True if i else w.space_before, w.size, w.bold) for i, w in enumerate(r)]
+        out.append(TextLine(r, _union(w.rect for w in r), block, table=True))
+    return out
+
+
+# ---------------------------------------------------------------- pages
+
+
+@dataclass
+class _Options:
+    ocr: bool
+    ocr_engine: Any
+    layout: bool | None
+    tables: bool
+    ocr_dpi: int
+    body_size: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    no_text_pages: list[int] = field(default_factory=list)
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    """More than half of the smaller box lies inside the other."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return False
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h > 0.5 * smaller
+
+
+def _needs_ocr(page: pymupdf.Page, visible: int, unknown: int) -> bool:
+    if visible >= _MIN_TEXT_CHARS and unknown < 0.3 * visible:
+        return False
+    # Only worth rendering when something is drawn: an image (a scan) or vector shapes
+    # (text converted to outlines). A blank page stays blank.
+    if page.get_images(full=False):
+        return True
+    try:
+        return len(page.get_cdrawings()) >= 20
+    except Exception:
+        return False
+
+
+def _parse_page(page: pymupdf.Page, number: int, opts: _Options) -> ParsedPage:
+    rect = page.rect
+    lines, rotated, visible, unknown = _page_lines(page)
+    if _needs_ocr(page, visible, unknown):
+        if opts.ocr:
+            try:
+                from core.ingest.ocr import ocr_page_lines
+
+                ocr_lines = ocr_page_lines(page, engine=opts.ocr_engine, dpi=opts.ocr_dpi)
+            except Cancelled:
+                raise
+            except ModelNotInstalled as e:  # say it once, not once per page
+                opts.warnings.append(f"no OCR for pages without a text layer: {e.args[0] if e.args else e}")
+                opts.ocr = False
+                opts.no_text_pages.append(number)
+            except Exception as e:  # keep whatever text layer there is
+                opts.warnings.append(f"page {number}: OCR failed ({type(e).__name__}: {e})")
+            else:
+                # Keep the few real text-layer lines (a page label over a scan); OCR fills the rest.
+                known = lines + rotated
+                extra = [ln for ln in ocr_lines if not any(_overlaps(ln.rect, k.rect) for k in known)]
+                ordered = order_lines(lines + extra) + rotated
+                text, words, _ = assemble_page_text(ordered)
+                return ParsedPage(number, rect.width, rect.height, text, words, ocr=bool(extra))
+        else:
+            opts.no_text_pages.append(number)
+
+    tables: list[ExtractedTable] = []
+    table_groups: list[list[TextLine]] = []
+    if opts.tables and (lines or rotated):
+        tables, regions = _tables(page, number, lines + rotated, opts.layout, opts.warnings)
+        if regions:
+            next_block = 1 + max((ln.block or 0) for ln in lines + rotated)
+            inside: list[list[TextLine]] = [[] for _ in regions]
+
+            def claim(ln: TextLine) -> bool:
+                for k, reg in enumerate(regions):
+                    if _center_in(ln.rect, reg):
+                        inside[k].append(ln)
+                        return True
+                return False
+
+            lines = [ln for ln in lines if not claim(ln)]
+            rotated = [ln for ln in rotated if not claim(ln)]
+            table_groups = [_table_rows(grp, next_block + k) for k, grp in enumerate(inside)]
+
+    ordered = order_lines(lines, table_groups)
+    # Rotated text (margin stamps, axis labels) would block every cut of the XY-cut: it goes last.
+    ordered += sorted(rotated, key=lambda ln: (ln.rect[0], ln.rect[1]))
+    text, words, spans = assemble_page_text(ordered)
+    headings = _headings(ordered, spans, text, opts.body_size)
+    return ParsedPage(number, rect.width, rect.height, text, words, headings, False, tuple(tables))
+
+
+# ---------------------------------------------------------------- documents
+
+
+def _open(path: str) -> pymupdf.Document:
+    p = Path(path)
+    if not p.exists():
+        raise DamagedFile(path, "cannot be read: the file does not exist")
+    if p.is_dir():
+        raise DamagedFile(path, "cannot be read: it is a folder")
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except PermissionError:
+        raise DamagedFile(path, "cannot be read: permission denied") from None
+    except Exception as e:
+        detail = str(e).strip()
+        # MuPDF's "Failed to open file '<path>' as type pdf." only repeats what the message says.
+        reason = "is not a readable PDF" if (not detail or path in detail) else f"is not a readable PDF ({detail})"
+        raise DamagedFile(path, reason) from None
+    try:
+        if doc.needs_pass and not doc.authenticate(""):
+            doc.close()
+            raise EncryptedFile(path, "is encrypted and needs a password",
+                                fix="remove the password (e.g. print to PDF) and add the copy")
+        if doc.page_count == 0:
+            doc.close()
+            raise DamagedFile(path, "has no pages")
+    except (EncryptedFile, DamagedFile):
+        raise
+    except Exception as e:
+        raise DamagedFile(path, f"is not a readable PDF ({str(e).strip() or type(e).__name__})") from None
+    return doc
+
+
+def _doc_body_size(doc: pymupdf.Document, limit: int) -> float:
+    """The most common font size (by characters) over up to 8 pages spread through the document:
+    a title page alone would make its abstract or footnotes look like the body."""
+    if limit <= 0:
+        return 0.0
+    picks = sorted({int(i * limit / 8) for i in range(8)}) if limit > 8 else range(limit)
+    weight: dict[float, int] = {}
+    for i in picks:
+        try:
+            blocks = doc.load_page(i).get_text("dict", flags=_TEXT_FLAGS).get("blocks", ())
+        except Exception:
+            continue
+        for b in blocks:
+            for ln in b.get("lines", ()):
+                for sp in ln.get("spans", ()):
+                    n = len(sp.get("text", "").strip())
+                    if n:
+                        key = round(float(sp.get("size", 0.0)) * 2) / 2
+                        weight[key] = weight.get(key, 0) + n
+    return max(weight, key=lambda k: (weight[k], -k)) if weight else 0.0
+
+
+def _title(doc: pymupdf.Document, pages: Sequence[ParsedPage]) -> str:
+    meta = (doc.metadata or {}).get("title") or ""
+    meta = " ".join(str(meta).split())
+    if sum(c.isalpha() for c in meta) >= 3 and not _JUNK_TITLE.search(meta):
+        return meta
+    for page in pages[:2]:
+        if page.headings:
+            best = min(page.headings, key=lambda h: (h.level, h.start))
+            if best.level <= 3:
+                return best.text
+    return ""
+
+
+def parse_pdf(path: str | Path, *, ocr: bool = True, ocr_engine: OcrEngine | None = None,
+              layout: bool | None = None, tables: bool = True, max_pages: int | None = None,
+              ocr_dpi: int = 200, progress: ProgressFn | None = None,
+              cancel: CancelToken | None = None) -> ParsedDocument:
+    """Parse a PDF into pages of words (reading order, exact offsets), headings and tables.
+
+    ``ocr``: run OCR on pages without a usable text layer (``ocr_engine`` defaults to the bundled
+    RapidOCR engine, loaded once per process). ``layout``: whether PyMuPDF's layout model helps
+    find tables (~1 s per page on a CPU): True on every page, False never (fastest), None (default)
+    only on pages that look tabular. ``tables=False`` skips table detection altogether.
+    ``max_pages``: read at most this many pages. Raises EncryptedFile or DamagedFile; a page that
+    fails becomes a warning instead.
+    """
+    path = str(path)
+    started = time.monotonic()
+    doc = _open(path)
+    try:
+        total = doc.page_count
+        limit = total if max_pages is None else max(0, min(total, max_pages))
+        opts = _Options(ocr, ocr_engine, layout, tables, ocr_dpi, _doc_body_size(doc, limit))
+        if doc.is_repaired:
+            opts.warnings.append("the file was damaged and has been repaired; some content may be missing")
+        pages: list[ParsedPage] = []
+        failed = 0
+        first_error = ""
+        name = Path(path).name
+        for i in range(limit):
+            check(cancel)
+            try:
+                page = doc.load_page(i)
+                pages.append(_parse_page(page, i + 1, opts))
+            except Cancelled:
+                raise
+            except Exception as e:  # one bad page must not cost the whole file
+                failed += 1
+                reason = f"{type(e).__name__}: {str(e).strip()}"
+                first_error = first_error or reason
+                opts.warnings.append(f"page {i + 1}: could not be read ({reason})")
+                w = h = 0.0
+                try:
+                    w, h = doc.page_cropbox(i).width, doc.page_cropbox(i).height
+                except Exception:
+                    pass
+                pages.append(ParsedPage(i + 1, w, h, "", ()))
+            report(progress, "parse", i + 1, limit, unit="pages", message=f"{name}: page {i + 1} of {limit}",
+                   started=started)
+        if limit and failed == limit:
+            raise DamagedFile(path, f"no page could be read ({first_error})")
+        if opts.no_text_pages:
+            n = len(opts.no_text_pages)
+            opts.warnings.append(f"{n} page{'s' if n > 1 else ''} without a text layer "
+                                 f"(first: page {opts.no_text_pages[0]}) were not OCR'd")
+        if limit < total:
+            opts.warnings.append(f"only the first {limit} of {total} pages were read")
+        metadata = {k: str(v) for k, v in (doc.metadata or {}).items() if v}
+        metadata["page_count"] = total
+        return ParsedDocument(
+            path=path,
+            kind="pdf",
+            pages=tuple(pages),
+            title=_title(doc, pages),
+            metadata=metadata,
+            warnings=tuple(opts.warnings),
+        )
+    finally:
+        doc.close()
