@@ -270,7 +270,7 @@ class KnowledgeBase:
 
         tick(f"parsing {todo[0][0].name}", 0)
         try:
-            with ParsePool(timeout_s=self.parse_timeout_s, opts={"ocr": self.ocr}) as pool, st.bulk():
+            with ParsePool(timeout_s=self.parse_timeout_s, ocr=self.ocr) as pool, st.bulk():
                 for i, (path, result) in enumerate(pool.imap([t[0] for t in todo], progress=progress,
                                                              cancel=cancel)):
                     f, sha, size, mtime, old = by_path[path]

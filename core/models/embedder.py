@@ -2,8 +2,11 @@
 
 ``Embedder.encode`` returns L2-normalised pooled vectors (for HNSW search) together with
 the L2-normalised vectors of each real token and its character span (for late
-interaction and token-level highlighting). Inputs are sorted by length and batched, so
-padding stays small, then returned in the caller's order.
+interaction and token-level highlighting). Inputs are sorted by length and batched, each
+batch padded only to its longest member, then returned in the caller's order.
+
+On CPU the model runs int8 where that kept its retrieval quality (see ``core.models.quantize``);
+``precision="fp32"`` asks for the exact model.
 """
 from __future__ import annotations
 
@@ -47,8 +50,13 @@ class Encoded:
 class Embedder:
     """An ONNX feature-extraction model with its tokenizer and pooling."""
 
-    def __init__(self, folder: Path, *, device: str = "auto", max_length: int | None = None) -> None:
+    def __init__(self, folder: Path, *, device: str = "auto", max_length: int | None = None,
+                 precision: str = "auto") -> None:
+        """``precision``: ``auto`` (fp16 on CUDA; int8 on CPU for a verified model, else fp32),
+        ``fp32`` or ``int8`` (CPU only)."""
         from tokenizers import Tokenizer
+
+        from core.models.quantize import int8_verified
 
         folder = Path(folder)
         onnx = folder / "model.onnx"
@@ -61,7 +69,9 @@ class Embedder:
         self.folder = folder
         self.pooling_mode: str = pooling.get("mode", "mean")
         self.max_length: int = int(max_length or pooling.get("max_length", 512))
-        self.session, self.info = create_session(onnx, device=device, model_type=meta.get("model_type"))
+        self.session, self.info = create_session(onnx, device=device, model_type=meta.get("model_type"),
+                                                 precision=precision,
+                                                 int8_verified=int8_verified(meta.get("source_sha256")))
         self.session_info: SessionInfo = self.info
         self._input_names = {i.name for i in self.session.get_inputs()}
         self.tokenizer = Tokenizer.from_file(str(tok))
@@ -73,11 +83,11 @@ class Embedder:
         self.dim = int(self.session.get_outputs()[0].shape[-1] or meta.get("hidden_size") or 0)
 
     @classmethod
-    def default(cls, *, device: str = "auto") -> "Embedder":
+    def default(cls, *, device: str = "auto", precision: str = "auto") -> "Embedder":
         """The bundled MiniLM model, prepared if needed."""
         from core.models import registry
 
-        return cls(registry.prepare(registry.get("minilm-l6")), device=device)
+        return cls(registry.prepare(registry.get("minilm-l6")), device=device, precision=precision)
 
     def count_tokens(self, text: str) -> int:
         """Word pieces of ``text`` including special tokens, without truncation."""

@@ -1,7 +1,8 @@
 """One place that creates onnxruntime sessions and says which device it chose.
 
-CUDA (fp16) when onnxruntime-gpu finds a GPU and the user allows it; CPU otherwise.
-The fp16 variant of a model is made once beside the fp32 file and reused.
+CUDA (fp16) when onnxruntime-gpu finds a GPU and the user allows it; CPU otherwise, in int8
+where that was measured to keep the model's retrieval quality (``core.models.quantize``) and
+fp32 elsewhere. The fp16 and int8 variants are made once beside the fp32 file and reused.
 """
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 
 from core.errors import ModelError
 
-__all__ = ["SessionInfo", "create_session", "fp16_variant"]
+__all__ = ["SessionInfo", "create_session", "fp16_variant", "PRECISIONS"]
+
+PRECISIONS = ("auto", "fp32", "int8")
+"""``auto``: fp16 on CUDA; on CPU int8 when the caller says the model is verified, else fp32.
+``fp32`` forces fp32 on any device. ``int8`` asks for int8 on CPU (CUDA still runs fp16)."""
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,7 @@ class SessionInfo:
     device: str
     """``cuda`` or ``cpu``."""
     precision: str
-    """``fp16`` or ``fp32``."""
+    """``fp16``, ``fp32`` or ``int8``."""
     model_path: str
     reason: str
     """A short line saying why this device was chosen."""
@@ -55,11 +60,18 @@ def _threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def create_session(model: Path, *, device: str = "auto", model_type: str | None = None):
-    """Return ``(InferenceSession, SessionInfo)`` for ``model`` on the best allowed device."""
+def create_session(model: Path, *, device: str = "auto", model_type: str | None = None,
+                   precision: str = "auto", int8_verified: bool = False):
+    """Return ``(InferenceSession, SessionInfo)`` for ``model`` on the best allowed device.
+
+    ``precision`` is one of ``PRECISIONS``; ``int8_verified`` says the int8 copy of this model
+    kept its retrieval quality, which is what lets ``auto`` pick int8 on CPU.
+    """
     import onnxruntime as ort
 
     model = Path(model)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not model.exists():
         raise ModelError(f"{model}: ONNX model file not found", fix="run ./scripts/run --setup-only")
     available = ort.get_available_providers()
@@ -67,15 +79,16 @@ def create_session(model: Path, *, device: str = "auto", model_type: str | None 
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     if device != "cpu" and "CUDAExecutionProvider" in available:
-        path, precision = model, "fp32"
-        try:
-            path, precision = fp16_variant(model, model_type), "fp16"
-        except Exception as e:  # an fp16 conversion failure costs speed, not correctness
-            log.warning("fp16 conversion of %s failed (%s); running fp32 on CUDA", model, e)
+        path, prec = model, "fp32"
+        if precision != "fp32":
+            try:
+                path, prec = fp16_variant(model, model_type), "fp16"
+            except Exception as e:  # an fp16 conversion failure costs speed, not correctness
+                log.warning("fp16 conversion of %s failed (%s); running fp32 on CUDA", model, e)
         try:
             sess = ort.InferenceSession(str(path), opts, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
             if sess.get_providers()[0] == "CUDAExecutionProvider":
-                return sess, SessionInfo("CUDAExecutionProvider", "cuda", precision, str(path),
+                return sess, SessionInfo("CUDAExecutionProvider", "cuda", prec, str(path),
                                          "onnxruntime-gpu found a CUDA device")
             reason = "CUDAExecutionProvider was listed but did not start (see onnxruntime's log)"
         except Exception as e:
@@ -89,5 +102,17 @@ def create_session(model: Path, *, device: str = "auto", model_type: str | None 
     else:
         reason = "device set to cpu" if device == "cpu" else "no CUDAExecutionProvider in this onnxruntime"
     opts.intra_op_num_threads = _threads()
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    return sess, SessionInfo("CPUExecutionProvider", "cpu", "fp32", str(model), reason)
+    path, prec = model, "fp32"
+    if precision == "int8" or (precision == "auto" and int8_verified):
+        from core.models.quantize import int8_variant
+
+        try:
+            path, prec = int8_variant(model, model_type), "int8"
+            reason += "; int8 " + ("as asked" if precision == "int8" else "(its retrieval quality was checked)")
+        except Exception as e:  # like fp16 above: a failed quantization costs speed, not correctness
+            log.warning("int8 quantization of %s failed (%s); running fp32 on CPU", model, e)
+            reason += f"; fp32 because int8 quantization failed ({type(e).__name__})"
+    elif precision == "fp32":
+        reason += "; fp32 as asked"
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess, SessionInfo("CPUExecutionProvider", "cpu", prec, str(path), reason)
