@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gui", help="open the desktop window")
     p.set_defaults(fn=cmd_gui)
+
+    from app.cli_eval import add_parsers as add_search_and_eval_parsers
+
+    add_search_and_eval_parsers(sub)
     return ap
 
 

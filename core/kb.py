@@ -197,6 +197,17 @@ class KnowledgeBase:
         named = [d for d in st.list_documents() if d.name == ref]
         return named[0] if len(named) == 1 else None
 
+    def search(self, query: str, *, k: int = 10, filters=None, **options) -> list:
+        """The best ``k`` chunks for ``query`` as ``core.search.hybrid.Hit`` values, best first.
+
+        ``filters`` is a ``core.search.hybrid.SearchFilters`` (documents, file types, pages,
+        dates), applied inside the search; ``options`` go to ``core.search.hybrid.search``
+        (``stages``, ``fusion``, ``weights``, ``candidates``).
+        """
+        from core.search.hybrid import search
+
+        return search(self.store, self.embedder, query, k=k, filters=filters, **options)
+
     # ------------------------------------------------------------------ writing
 
     def remove(self, ref: str | int) -> bool:

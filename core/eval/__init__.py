@@ -1,0 +1,1 @@
+"""Measuring retrieval: BEIR data, trec_eval metrics, the evaluation harness."""
