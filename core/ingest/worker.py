@@ -268,18 +268,23 @@ class ParsePool:
         pending = iter(enumerate(paths))
         queue: deque[_Job] = deque()
         exhausted = False
+
+        def fill() -> None:
+            """Keep every worker busy: submit ahead of what the caller has consumed."""
+            nonlocal exhausted
+            while not exhausted and len(queue) < self.workers:
+                try:
+                    i, p = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    return
+                job = _Job(i, str(p), merged, limit)
+                queue.append(job)
+                self._submit(job, cancel)
+
         try:
             while True:
-                # Keep every worker busy: submit ahead of what the caller has consumed.
-                while not exhausted and len(queue) < self.workers:
-                    try:
-                        i, p = next(pending)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    job = _Job(i, str(p), merged, limit)
-                    queue.append(job)
-                    self._submit(job, cancel)
+                fill()
                 if not queue:
                     return
                 job = queue[0]
@@ -287,16 +292,7 @@ class ParsePool:
                 queue.popleft()
                 result = job.result
                 assert result is not None
-                # Refill before handing the result over, so the next file parses meanwhile.
-                while not exhausted and len(queue) < self.workers:
-                    try:
-                        i, p = next(pending)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    nxt = _Job(i, str(p), merged, limit)
-                    queue.append(nxt)
-                    self._submit(nxt, cancel)
+                fill()  # before handing the result over, so the next file parses meanwhile
                 yield job.path, result
         except BaseException:
             # Cancelled, or the caller stopped iterating: jobs in flight are abandoned with their workers.
