@@ -20,7 +20,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder.default(device="cpu")
+    return Embedder.default(device="cpu", precision="fp32")  # the exact model; int8 is checked in test_quantize
 
 
 def test_matches_sentence_transformers(embedder):
