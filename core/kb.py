@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,8 @@ class KnowledgeBase:
         self.ocr = ocr
         self._embedder = None
         self._store = None
+        self._llm = None
+        self._llm_lock = threading.Lock()
 
     # ------------------------------------------------------------------ resources
 
@@ -148,6 +151,25 @@ class KnowledgeBase:
                 folder = registry.prepare(registry.get(ref))
             self._embedder = Embedder(folder, device=self.device)
         return self._embedder
+
+    @property
+    def llm(self):
+        """The chat model (``core.models.llm.LocalLLM``), loaded on first use: the GGUF in
+        ``settings.llm_model`` when set, else the bundled model of ``settings.llm_tier``."""
+        with self._llm_lock:
+            if self._llm is None:
+                from core.models.llm import LocalLLM
+
+                if self.settings.llm_model:
+                    self._llm = LocalLLM(Path(self.settings.llm_model).expanduser(), device=self.device)
+                else:
+                    self._llm = LocalLLM.default(self.settings.llm_tier, device=self.device)
+            return self._llm
+
+    def set_llm(self, llm) -> None:
+        """Use an already loaded chat model (the GUI shares one between knowledge bases)."""
+        with self._llm_lock:
+            self._llm = llm
 
     @property
     def model_id(self) -> str:

@@ -1,0 +1,1 @@
+"""Answers with evidence: routing, rewriting, generation, citation alignment, table SQL."""
