@@ -243,8 +243,13 @@ def cmd_watch(args) -> int:
 
 
 def cmd_gui(args) -> int:
-    print("The Sift desktop window is not built yet; use the command line (sift --help) for now.", file=sys.stderr)
-    return 2
+    try:
+        from app.gui.main import main as gui_main
+    except ImportError as e:  # PySide6 or its system libraries (libEGL, libxkbcommon …) missing
+        print(f"sift: error: the desktop window cannot start: {e}\n  fix: run ./scripts/run to install it, "
+              "or use the command line (sift --help)", file=sys.stderr)
+        return 1
+    return gui_main([], kb=args.kb)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_eval import add_parsers as add_search_and_eval_parsers
 
     add_search_and_eval_parsers(sub)
+    from app.cli_ask import add_parsers as add_ask_parser
+
+    add_ask_parser(sub)
     return ap
 
 

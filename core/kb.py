@@ -133,6 +133,8 @@ class KnowledgeBase:
         self._store = None
         self._llm = None
         self._llm_lock = threading.Lock()
+        self._colbert = None  # late interaction and rerankers: see "late interaction and reranking" below
+        self._rerankers: dict = {}
 
     # ------------------------------------------------------------------ resources
 
@@ -182,6 +184,7 @@ class KnowledgeBase:
             from core.store.store import Store
 
             self._store = Store.open(self.folder, dim=self.embedder.dim, model_id=self.model_id)
+            self._attach_token_vectors(self._store)
         return self._store
 
     def close(self) -> None:
@@ -228,7 +231,135 @@ class KnowledgeBase:
         """
         from core.search.hybrid import search
 
-        return search(self.store, self.embedder, query, k=k, filters=filters, **options)
+        return search(self.store, self.embedder, query, k=k, filters=filters, **self._stage_options(options))
+
+    # ------------------------------------------------------------------ late interaction and reranking
+
+    @property
+    def late_interaction_model_path(self) -> Path | None:
+        """The ColBERT checkpoint folder in ``settings.extra["late_interaction_model"]``, or None."""
+        ref = (self.settings.extra or {}).get("late_interaction_model")
+        return Path(ref).expanduser() if ref else None
+
+    @property
+    def colbert(self):
+        """The configured late-interaction model (``core.models.colbert.ColBERT``) or None."""
+        if self._colbert is None and self.late_interaction_model_path is not None:
+            from core.models.colbert import ColBERT
+
+            self._colbert = ColBERT(self.late_interaction_model_path, device=self.device)
+        return self._colbert
+
+    def _attach_token_vectors(self, store) -> None:
+        """With a late-interaction model configured, open its token vectors beside the index and
+        bring them in line with the database (chunks added while it was not attached, or lost in a
+        crash, are encoded now)."""
+        if self.colbert is None:
+            return
+        from core.store.token_vectors import TokenVectorStore
+
+        store.token_vectors = TokenVectorStore.open(self.folder, dim=self.colbert.dim, model_id=self.colbert.model_id)
+        self.sync_token_vectors()
+
+    def sync_token_vectors(self, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> int:
+        """Encode the chunks that have no token vectors and drop vectors of chunks that are gone;
+        returns how many chunks were encoded. Nothing to do without a late-interaction model."""
+        st = self.store
+        tv = st.token_vectors
+        if tv is None:
+            return 0
+        db_ids = st.chunk_ids()
+        have = tv.ids()
+        tv.delete(have - db_ids)
+        missing = sorted(db_ids - have)
+        started = time.monotonic()
+        for start in range(0, len(missing), 256):
+            check(cancel)
+            part = st.get_chunks(missing[start:start + 256])
+            vecs = self.colbert.encode_documents([c.text for c in part], cancel=cancel)
+            tv.add([int(c.id) for c in part], [v.vectors for v in vecs])
+            report(progress, "token vectors", min(start + 256, len(missing)), len(missing), unit="chunks",
+                   started=started)
+        if tv.dirty:
+            st.token_vectors_changed()
+        return len(missing)
+
+    def reindex_token_vectors(self, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> int:
+        """Re-encode every chunk's token vectors from the database (part of ``reindex``)."""
+        tv = self.store.token_vectors
+        if tv is None:
+            return 0
+        tv.clear()
+        return self.sync_token_vectors(progress=progress, cancel=cancel)
+
+    def _encode_token_vectors(self, chunks, progress, cancel):
+        """Token vectors of new chunks, made before they are committed (None without a model)."""
+        if self.store.token_vectors is None:
+            return None
+        return [v.vectors for v in self.colbert.encode_documents([c.text for c in chunks], progress=progress,
+                                                                 cancel=cancel)]
+
+    def _store_token_vectors(self, doc_id: DocId, vectors) -> None:
+        """Attach the token vectors made by ``_encode_token_vectors`` to the committed chunks."""
+        st = self.store
+        if vectors is None or st.token_vectors is None:
+            return
+        ids = [int(c.id) for c in st.document_chunks(doc_id)]
+        st.token_vectors.add(ids, vectors[:len(ids)])
+        st.token_vectors_changed()
+
+    def late_stage(self):
+        """The ``late`` search stage: MaxSim with the configured ColBERT over its stored vectors, or
+        (none configured) with the embedder's own token vectors computed on the fly."""
+        from core.search.late_interaction import ColbertTokens, EmbedderTokens, LateInteraction
+
+        if self.colbert is not None:
+            return LateInteraction(ColbertTokens(self.colbert), self.store.token_vectors)
+        return LateInteraction(EmbedderTokens(self.embedder))
+
+    def reranker(self, kind: str):
+        """A rerank stage: ``llm`` (the chat model's yes/no logits) or ``cross-encoder`` (the folder in
+        ``settings.extra["cross_encoder_model"]``)."""
+        from core.errors import ModelError
+        from core.search.rerank import RERANKERS, CrossEncoderReranker, LLMReranker
+
+        if kind not in RERANKERS:
+            raise ValueError(f"unknown reranker {kind!r}; expected one of {', '.join(RERANKERS)}")
+        if kind not in self._rerankers:
+            if kind == "llm":
+                self._rerankers[kind] = LLMReranker(self.llm)
+            else:
+                ref = (self.settings.extra or {}).get("cross_encoder_model")
+                if not ref:
+                    raise ModelError("no cross-encoder configured",
+                                     fix="set extra.cross_encoder_model in settings.json to a Hugging Face "
+                                         "sequence-classification model folder")
+                from core.models.cross_encoder import CrossEncoder
+
+                self._rerankers[kind] = CrossEncoderReranker(CrossEncoder(Path(ref).expanduser(), device=self.device))
+        return self._rerankers[kind]
+
+    def _stage_options(self, options: dict) -> dict:
+        """``late=True`` and ``rerank="llm"|"cross-encoder"`` as stage objects for
+        ``core.search.hybrid.search``. Unset, they follow ``settings.extra["search_late"]`` and
+        ``["search_rerank"]``, which are off until a model was shown to help (``sift eval``)."""
+        opts = dict(options)
+        extra = self.settings.extra or {}
+        late = opts.pop("late", None)
+        if late is None:
+            late = bool(extra.get("search_late", False))
+        if late is True:
+            opts["late"] = self.late_stage()
+        elif late not in (False, None):
+            opts["late"] = late
+        rerank = opts.pop("rerank", None)
+        if rerank is None:
+            rerank = extra.get("search_rerank") or None
+        if isinstance(rerank, str):
+            opts["reranker"] = self.reranker(rerank)
+        elif rerank not in (None, False):
+            opts["reranker"] = rerank
+        return opts
 
     # ------------------------------------------------------------------ writing
 
@@ -242,8 +373,11 @@ class KnowledgeBase:
         return self.store.remove_document(rec.id, in_transaction=lambda db, doc_id: drop_sql_tables(db, doc_id))
 
     def reindex(self, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
-        """Rebuild every index (FTS5, HNSW) from the database alone."""
-        return self.store.reindex(progress=progress, cancel=cancel)
+        """Rebuild every index (FTS5, HNSW, and token vectors when a late-interaction model is
+        configured) from the database alone."""
+        counts = self.store.reindex(progress=progress, cancel=cancel)
+        self.reindex_token_vectors(progress=progress, cancel=cancel)
+        return counts
 
     def add(self, paths: Iterable[str | os.PathLike], *, progress: ProgressFn | None = None,
             cancel: CancelToken | None = None) -> AddReport:
@@ -353,6 +487,7 @@ class KnowledgeBase:
             raise IngestError(str(f), "no text found (empty pages and no table rows)")
         check(cancel)
         vectors = emb.encode([c.text for c in chunks], progress=progress, cancel=cancel).pooled
+        token_vectors = self._encode_token_vectors(chunks, progress, cancel)
         check(cancel)
         old_id = old.id if old is not None and old.state in ("ready", "queued") and old.n_chunks else None
 
@@ -369,6 +504,7 @@ class KnowledgeBase:
         else:
             new_id = st.add_document(parsed, chunks, vectors, **kw)
             status = "added"
+        self._store_token_vectors(new_id, token_vectors)
         return FileOutcome(str(f), status, doc_id=new_id, pages=len(parsed.pages), chunks=len(chunks),
                            tables=len(tables))
 
@@ -402,3 +538,21 @@ class KnowledgeBase:
                 self.remove(d.id)
                 rep.files.append(FileOutcome(path, "removed", doc_id=d.id))
         return rep
+
+    # ------------------------------------------------------------------ answers
+
+    def ask(self, question: str, *, options=None, on_token=None, on_status=None, cancel: CancelToken | None = None):
+        """Answer ``question`` from the stored documents with citations (``core.answer.types.Answer``).
+
+        ``options`` is a ``core.answer.types.AskOptions`` (route, k, rewrites, filters);
+        ``on_token(piece)`` receives the reply as it is written (the final ``Answer.text`` has
+        its citation numbers rewritten to the evidence found); ``on_status(line)`` the stage
+        being run. Cancelling raises ``core.errors.Cancelled``.
+        """
+        from core.answer.ask import ask
+        from core.answer.rewrite import RewriteCache
+
+        if getattr(self, "_rewrite_cache", None) is None:
+            self._rewrite_cache = RewriteCache(self.folder / "rewrites.json")
+        return ask(self, question, options=options, on_token=on_token, on_status=on_status, cancel=cancel,
+                   rewrite_cache=self._rewrite_cache)
