@@ -113,3 +113,57 @@ def add_parsers(sub) -> None:
     p.add_argument("--decompose", action="store_true", help="answer the parts of a compound question in turn")
     p.add_argument("--quality", action="store_true", help="use the quality-tier chat model (1.5B; slower)")
     p.set_defaults(fn=cmd_ask)
+
+
+def cmd_eval_rewrites(args) -> int:
+    from core import config
+    from core.eval.beir import DatasetError, ingest_corpus, load_beir
+    from core.eval.rewrites import evaluate_rewrites
+    from core.jobs import CancelToken
+    from core.kb import KnowledgeBase
+    from app.cli import ProgressLine
+    from pathlib import Path
+
+    ds = load_beir(args.folder, args.split)
+    if not ds.queries:
+        raise DatasetError(f"{args.folder}: no judged queries in split {ds.split!r}")
+    folder = Path(args.kb).expanduser() if args.kb else config.data_dir() / "eval" / ds.name
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    cancel = CancelToken()
+    with KnowledgeBase(folder) as kb:
+        try:
+            ingest_corpus(kb, ds, progress=ProgressLine(), cancel=cancel)
+            runs = evaluate_rewrites(kb, ds, configs=configs, limit=args.limit, progress=ProgressLine(), cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            raise
+        except ValueError as e:
+            from core.errors import KnownError
+
+            raise KnownError(str(e)) from None
+    n = len(list(ds.queries)[: args.limit if args.limit else None])
+    if args.json:
+        print(json.dumps({"dataset": ds.name, "split": ds.split, "n_queries": n,
+                          "runs": {k: r.to_json() for k, r in runs.items()}}))
+        return 0
+    print(f"{ds.name} / {ds.split}: {n} queries; rewrites by the knowledge base's chat model")
+    heads = ["nDCG@10", "R@100", "MRR@10", "Hit@1", "Hit@5", "Hit@10", "p50 ms", "p95 ms", "rewritten"]
+    print(f"{'run':<14}" + "".join(f"{h:>10}" for h in heads))
+    for name, r in runs.items():
+        vals = [f"{v:.4f}" for v in r.metrics.values()] + [f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", str(r.rewritten)]
+        print(f"{name:<14}" + "".join(f"{v:>10}" for v in vals))
+    return 0
+
+
+def add_eval_parser(eval_sub) -> None:
+    """Register ``eval rewrites`` on the ``eval`` command's subparsers."""
+    from core.eval.rewrites import CONFIGS
+
+    p = eval_sub.add_parser("rewrites", help="retrieval quality with each query rewrite (multi-query, step-back, "
+                                             "HyDE) against none, on a BEIR folder")
+    p.add_argument("folder", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
+    p.add_argument("--split", default=None, help="qrels split (default: test, else dev, else train)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N judged queries")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_eval_rewrites)

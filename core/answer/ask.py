@@ -81,8 +81,21 @@ def is_decline(text: str) -> bool:
     return plain.startswith(DECLINE_TEXT[:30]) or (len(plain.split()) <= 30 and bool(_DECLINE.search(plain)))
 
 
+_INSTRUCTION = re.compile(
+    r"[^.!?\n]*\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+|every\s+)*"
+    r"(?:previous|prior|above|earlier|preceding|system|other)?\s*(?:instructions?|rules?|prompts?|directions?)\b[^.!?\n]*[.!?]?"
+    r"|[^.!?\n]*\b(?:system\s+(?:note|prompt|message|instruction)|note\s+to\s+the\s+(?:assistant|ai|model)|"
+    r"you\s+are\s+now|new\s+instructions?)\b[^.!?\n]*[.!?]?", re.IGNORECASE)
+WITHHELD = "[instruction-like text withheld]"
+
+
 def _fence(text: str) -> str:
-    return _FENCE.sub(lambda m: m.group(0).replace("<", "‹"), text)
+    """Source text as prompt data: no fake source tags, and sentences that address the model
+    ("ignore all previous instructions …") replaced by a marker. The sources keep their full
+    text for citing; only the model's copy is cleaned, as a second line of defence behind the
+    fencing (a 0.5B model is easily swayed by a sentence that sounds like its instructions)."""
+    text = _FENCE.sub(lambda m: m.group(0).replace("<", "‹"), text)
+    return _INSTRUCTION.sub(lambda m: (" " if m.group(0)[:1].isspace() else "") + WITHHELD, text)
 
 
 def build_prompt(question: str, sources: Sequence[Source], *, count_tokens, budget: int) -> tuple[str, list[Source]]:
@@ -385,30 +398,86 @@ def _has_tables(kb) -> bool:
     return bool(list_sql_tables(kb.store.db))
 
 
+def _table_citation(kb, res) -> Citation:
+    """Rows and cells the SQL answer used; for a table from a PDF also its page and cell rectangles."""
+    import json
+
+    from core.store.sqltables import RECTS_COLUMN, ROW_ID, list_sql_tables, raw_rows
+
+    doc = kb.store.get_document(res.doc_id) if res.doc_id is not None else None
+    meta = next((t for t in list_sql_tables(kb.store.db) if t.name == res.table), None)
+    shown = res.row_ids[:5]
+    raws = raw_rows(kb.store.db, res.table, shown) if res.table else {}
+    header = meta.header if meta else ()
+    cols = list(res.cited_columns)
+    idx = [meta.columns.index(c) for c in cols if c in meta.columns] if meta and cols else []
+    lines = []
+    for rid in shown:
+        cells = raws.get(rid, ())
+        pairs = [(header[j] if j < len(header) else "", cells[j]) for j in (idx or range(len(cells))) if j < len(cells)]
+        lines.append(f"row {rid}: " + "; ".join(f"{h}: {v}" for h, v in pairs))
+    rects: list = []
+    page = meta.page if meta else None
+    if page is not None and shown and res.table:
+        from sqlite_utils.db import quote_identifier
+
+        got = kb.store.db.execute(
+            f"SELECT {ROW_ID}, {quote_identifier(RECTS_COLUMN)} FROM {quote_identifier(res.table)} "
+            f"WHERE {ROW_ID} IN ({', '.join('?' * len(shown))})", list(shown)).fetchall()
+        for _, js in got:
+            cells = json.loads(js) if js else []
+            for j, r in enumerate(cells):
+                if r and (not idx or j in idx):
+                    rects.append(tuple(float(x) for x in r))
+    return Citation(n=1, kind="table", document=doc.name if doc else (res.table or ""), path=doc.path if doc else "",
+                    doc_id=int(res.doc_id or 0), text="\n".join(lines), page=page, rects=tuple(rects),
+                    table=res.table, rows=tuple(res.row_ids), columns=tuple(cols))
+
+
+def _tables_for(kb, filters) -> list | None:
+    """The tables of the documents a question names, or None: every table, which ``ask_table``
+    orders by how well their columns and values match the question."""
+    from core.store.sqltables import list_sql_tables
+
+    docs = getattr(filters, "documents", None) if filters is not None else None
+    if not docs:
+        return None
+    ids = set()
+    for d in docs:
+        rec = kb.find(d) if not isinstance(d, int) else None
+        ids.add(int(d) if isinstance(d, int) else (int(rec.id) if rec is not None else -1))
+    picked = [t for t in list_sql_tables(kb.store.db) if t.doc_id in ids]
+    return picked or None
+
+
 def _table_route(run: _Run, filters, *, forced: bool) -> Answer | None:
     """The SQL answer, or None to fall back to passages (only when the route was not forced)."""
-    from core.answer.table_sql import answer_table_question
+    from core.answer.table_sql import NoTables, ask_table, format_answer
 
-    run.status("writing SQL")
+    kb = run.kb
     t = time.monotonic()
     try:
-        res = answer_table_question(run.kb, run.question, filters=filters, cancel=run.cancel)
-    except KnownError as e:
+        tables = _tables_for(kb, filters)
+        res = ask_table(kb.store, kb.llm, run.question, tables=tables, cancel=run.cancel, status=run.status)
+    except NoTables as e:
         run.timed("sql", t)
-        if forced:
-            return _declined(run, "table", f"The tables could not answer this: {e}")
-        return None
+        return _declined(run, "table", str(e)) if forced else None
+    except Cancelled:
+        raise
     run.timed("sql", t)
     run.check()
-    if res is None:
-        return None if not forced else _declined(run, "table")
-    text = res.text + " [1]"
+    if not res.ok or not res.rows:
+        if not forced:
+            return None
+        return _declined(run, "table", format_answer(res), sql=res.sql or None)
+    text = format_answer(res)
+    cit = _table_citation(kb, res)
+    full = with_markers(text, [1])
     if run.on_token is not None:
-        run.on_token(text)
-    cit = res.citation(1)
-    return _finish(run, Answer(question=run.question, text=text, citations=(cit,),
-                               sentences=(AnswerSentence(res.text, 0, len(text), (1,), True),),
-                               route="table", sql=res.sql))
+        run.on_token(full)
+    return _finish(run, Answer(question=run.question, text=full, citations=(cit,),
+                               sentences=(AnswerSentence(text, 0, len(full), (1,), True),), route="table",
+                               sql=res.sql))
 
 
 # --------------------------------------------------------------------------- entry point

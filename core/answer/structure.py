@@ -24,7 +24,8 @@ _ADDED = re.compile(r"\b(?:added|uploaded|imported|ingested)\s+(after|since|befo
 _SUMMARY = re.compile(
     r"^\s*(?:please\s+)?(?:summari[sz]e|give\s+(?:me\s+)?(?:a\s+)?(?:summary|overview)|sum\s+up|tl;?dr)\b"
     r"|\b(?:summary|overview|gist|main\s+points|key\s+points|key\s+findings|main\s+findings)\s+of\b"
-    r"|\bwhat\s+(?:is|are)\s+(?:this|the|these)\s+(?:\w+\s+){0,2}(?:document|report|paper|file|pdf|article|filing|book)s?\s+about\b"
+    r"|\bwhat\s+(?:is|are)\s+(?:this|the|these)\s+(?:\w+\s+){0,2}(?:document|report|paper|file|pdf|article|filing|book)s?"
+    r"(?:\s+\S+){0,2}?\s+about\b"
     r"|\bwhat\s+(?:does|do)\s+(?:this|the)\s+(?:\w+\s+){0,2}(?:document|report|paper|file|pdf|article|filing)\s+(?:say|cover|discuss)\b",
     re.IGNORECASE)
 _TABULAR = re.compile(
