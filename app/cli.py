@@ -249,7 +249,7 @@ def cmd_gui(args) -> int:
         print(f"sift: error: the desktop window cannot start: {e}\n  fix: run ./scripts/run to install it, "
               "or use the command line (sift --help)", file=sys.stderr)
         return 1
-    return gui_main([], kb=args.kb)
+    return gui_main([], kb=args.kb, check=args.check)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_watch)
 
     p = sub.add_parser("gui", help="open the desktop window")
+    p.add_argument("--check", action="store_true",
+                   help="open the window and the knowledge base, then exit (0 when both worked)")
     p.set_defaults(fn=cmd_gui)
 
     from app.cli_eval import add_parsers as add_search_and_eval_parsers
@@ -311,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_ask import add_parsers as add_ask_parser
 
     add_ask_parser(sub)
+    from app.cli_train import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)
     return ap
 
 
