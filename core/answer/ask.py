@@ -82,10 +82,10 @@ def is_decline(text: str) -> bool:
 
 
 _INSTRUCTION = re.compile(
-    r"[^.!?\n]*\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+|every\s+)*"
-    r"(?:previous|prior|above|earlier|preceding|system|other)?\s*(?:instructions?|rules?|prompts?|directions?)\b[^.!?\n]*[.!?]?"
-    r"|[^.!?\n]*\b(?:system\s+(?:note|prompt|message|instruction)|note\s+to\s+the\s+(?:assistant|ai|model)|"
-    r"you\s+are\s+now|new\s+instructions?)\b[^.!?\n]*[.!?]?", re.IGNORECASE)
+    r"[^.!?]*\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+|every\s+)*"
+    r"(?:previous|prior|above|earlier|preceding|system|other)?\s*(?:instructions?|rules?|prompts?|directions?)\b[^.!?]*[.!?]?"
+    r"|[^.!?]*\b(?:system\s+(?:note|prompt|message|instruction)|note\s+to\s+the\s+(?:assistant|ai|model)|"
+    r"you\s+are\s+now|new\s+instructions?)\b[^.!?]*[.!?]?", re.IGNORECASE)
 WITHHELD = "[instruction-like text withheld]"
 
 
@@ -238,7 +238,7 @@ def _answer_passages(run: _Run, question: str, hits: Sequence) -> tuple[str, Ali
     llm = run.kb.llm
     prompt, kept = build_prompt(question, _sources(hits), count_tokens=llm.count_tokens,
                                 budget=_budget(llm, run.opts, SYSTEM_PROMPT))
-    reply = _generate(run, SYSTEM_PROMPT, prompt)
+    reply = _generate(run, SYSTEM_PROMPT, prompt).replace(WITHHELD, "").strip()
     if not reply or is_decline(reply):
         return reply, None
     al = _align(run, reply, kept)
@@ -434,20 +434,38 @@ def _table_citation(kb, res) -> Citation:
                     table=res.table, rows=tuple(res.row_ids), columns=tuple(cols))
 
 
-def _tables_for(kb, filters) -> list | None:
-    """The tables of the documents a question names, or None: every table, which ``ask_table``
-    orders by how well their columns and values match the question."""
+def _column_words(t) -> set[str]:
+    words: set[str] = set()
+    for name in (*t.columns, *t.header, t.title or ""):
+        words.update(content_words(re.sub(r"[_\-]+", " ", str(name))))
+    return words
+
+
+def _tables_for(kb, question: str, filters) -> list | None:
+    """The tables a question is about: those of the documents it names; else the table whose
+    column names share the most words with the question when one clearly leads (a small model
+    shown several schemas mixes their columns up); else the three best, or None for all."""
     from core.store.sqltables import list_sql_tables
 
+    tables = list_sql_tables(kb.store.db)
     docs = getattr(filters, "documents", None) if filters is not None else None
-    if not docs:
+    if docs:
+        ids = set()
+        for d in docs:
+            rec = kb.find(d) if not isinstance(d, int) else None
+            ids.add(int(d) if isinstance(d, int) else (int(rec.id) if rec is not None else -1))
+        tables = [t for t in tables if t.doc_id in ids] or tables
+    if len(tables) <= 1:
+        return tables or None
+    q = content_words(question)
+    scored = sorted(((sum(w for t_, w in q.items() if t_ in _column_words(t)), i) for i, t in enumerate(tables)),
+                    key=lambda x: (-x[0], x[1]))
+    best = scored[0][0]
+    if best <= 0:
         return None
-    ids = set()
-    for d in docs:
-        rec = kb.find(d) if not isinstance(d, int) else None
-        ids.add(int(d) if isinstance(d, int) else (int(rec.id) if rec is not None else -1))
-    picked = [t for t in list_sql_tables(kb.store.db) if t.doc_id in ids]
-    return picked or None
+    if best > scored[1][0]:
+        return [tables[scored[0][1]]]
+    return [tables[i] for s, i in scored[:3] if s > 0]
 
 
 def _table_route(run: _Run, filters, *, forced: bool) -> Answer | None:
@@ -457,7 +475,7 @@ def _table_route(run: _Run, filters, *, forced: bool) -> Answer | None:
     kb = run.kb
     t = time.monotonic()
     try:
-        tables = _tables_for(kb, filters)
+        tables = _tables_for(kb, run.question, filters)
         res = ask_table(kb.store, kb.llm, run.question, tables=tables, cancel=run.cancel, status=run.status)
     except NoTables as e:
         run.timed("sql", t)

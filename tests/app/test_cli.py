@@ -73,11 +73,6 @@ def test_models_import_accepts_a_gguf_path():
     assert "GGUF chat model" in r.stdout and "chat template from the file" in r.stdout
 
 
-def test_gui_says_it_is_not_built_yet():
-    r = run("gui")
-    assert r.returncode == 2 and "not built yet" in r.stderr
-
-
 def _subparsers(parser):
     for action in parser._actions:
         if action.__class__.__name__ == "_SubParsersAction":
