@@ -1,13 +1,14 @@
 """Ingest throughput, and which stage holds it back: parse-only, embed-only, then full ingest.
 
-    .venv/bin/python bench/ingest.py [DIR] [--limit N] [--precision fp32 --precision int8] [--json]
+    .venv/bin/python bench/ingest.py [DIR] [--limit N] [--precision fp32 --precision int8] [--timeout S] [--json]
 
 DIR defaults to the 20 SEC 10-Q filings. Each phase runs in its own fresh process, so every
 peak-memory figure is that phase's own (the main process, and its parse worker counted apart
 through RUSAGE_CHILDREN):
 
-- parse: ``ParsePool`` over the files (the worker process ``KnowledgeBase.add`` uses), nothing else;
-  then the parsed pages are chunked as ingest chunks them, timed apart, for the embed phase;
+- parse: ``ParsePool`` over the files (the worker process ``KnowledgeBase.add`` uses), nothing else,
+  with the number of tables found; then the parsed pages are chunked as ingest chunks them, timed
+  apart, for the embed phase;
 - embed: ``Embedder.encode`` over those chunk texts, per precision, on CPU;
 - ingest: ``KnowledgeBase.add`` into a fresh temp knowledge base (parse, chunk, embed, index),
   per precision; ``embed_s`` is the time spent inside ``encode`` during it, and the rest is
@@ -91,7 +92,7 @@ def _usage(worker: _WorkerPeak | None = None) -> dict:
 # ----------------------------------------------------------------------------- phases (child processes)
 
 
-def phase_parse(files: list[str], texts_out: Path) -> dict:
+def phase_parse(files: list[str], texts_out: Path, timeout_s: float) -> dict:
     from core.ingest.chunking import chunk_pages
     from core.ingest.worker import ParsePool
     from core.models.embedder import Embedder
@@ -99,7 +100,8 @@ def phase_parse(files: list[str], texts_out: Path) -> dict:
 
     t0 = time.perf_counter()
     docs, failed = [], []
-    with _WorkerPeak() as worker, ParsePool(ocr=True) as pool:  # as KnowledgeBase.add starts it
+    # as KnowledgeBase.add starts it
+    with _WorkerPeak() as worker, ParsePool(ocr=True, timeout_s=timeout_s) as pool:
         for path, result in pool.imap(files):
             if isinstance(result, Exception):
                 failed.append(f"{Path(path).name}: {result}")
@@ -108,6 +110,8 @@ def phase_parse(files: list[str], texts_out: Path) -> dict:
     parse_s = time.perf_counter() - t0
     usage = _usage(worker)  # the worker is reaped by now: its CPU time is in RUSAGE_CHILDREN
     pages = sum(len(d.pages) for d in docs)
+    n_tables = sum(len(d.tables) + sum(len(p.tables) for p in d.pages) for d in docs)
+    table_pages = sum(1 for d in docs for p in d.pages if p.tables)
 
     # Chunk as KnowledgeBase._store_parsed does, for the embed phase (and to time chunking apart).
     emb = Embedder.default(device="cpu", precision="fp32")
@@ -122,8 +126,8 @@ def phase_parse(files: list[str], texts_out: Path) -> dict:
     chunk_s = time.perf_counter() - t1
     texts_out.write_text(json.dumps({"pages": pages, "texts": texts}))
     return {"files": len(files), "failed": failed, "pages": pages, "seconds": round(parse_s, 1),
-            "pages_per_s": round(pages / parse_s, 2), "chunks": len(texts), "chunk_s": round(chunk_s, 1),
-            **usage}
+            "pages_per_s": round(pages / parse_s, 2), "tables": n_tables, "table_pages": table_pages,
+            "chunks": len(texts), "chunk_s": round(chunk_s, 1), **usage}
 
 
 def phase_prepare(precision: str) -> dict:
@@ -155,7 +159,7 @@ def phase_embed(texts_in: Path, precision: str) -> dict:
             "pages_per_s": round(pages / dt, 2), **_usage()}
 
 
-def phase_ingest(files: list[str], precision: str) -> dict:
+def phase_ingest(files: list[str], precision: str, timeout_s: float) -> dict:
     from core.kb import KnowledgeBase
     from core.models.embedder import Embedder
 
@@ -175,7 +179,7 @@ def phase_ingest(files: list[str], precision: str) -> dict:
 
     emb.encode = timed_encode  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory(prefix="sift-bench-kb-") as tmp:
-        kb = KnowledgeBase(Path(tmp) / "kb", device="cpu")
+        kb = KnowledgeBase(Path(tmp) / "kb", device="cpu", parse_timeout_s=timeout_s)
         # KnowledgeBase has no precision option: hand it the embedder this phase measures.
         kb._embedder = emb
         try:
@@ -212,6 +216,8 @@ def _print_phase(name: str, r: dict) -> None:
     extra = f"  ({r['seconds']} s"
     if "embed_s" in r:
         extra += f", {r['embed_s']} s of it in encode = {r['embed_share']:.0%}"
+    if "tables" in r:
+        extra += f"; {r['tables']} tables on {r['table_pages']} pages"
     if "chunk_s" in r:
         extra += f"; then chunking {r['chunks']} chunks took {r['chunk_s']} s"
     if "load_s" in r:
@@ -232,6 +238,9 @@ def main() -> None:
                     help="embedder precision to measure (repeatable; default fp32 and int8)")
     ap.add_argument("--skip", action="append", default=[], choices=("parse", "embed", "ingest"),
                     help="leave a phase out (the embed phase needs the parse phase)")
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="per-file parse time limit in seconds (the app's default: 120; raise it on a busy "
+                         "machine, where a slow file would otherwise be cut off and left out of the figures)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)  # internal: run one phase in this process
     args = ap.parse_args()
@@ -241,11 +250,11 @@ def main() -> None:
         if kind == "prepare":
             out = phase_prepare(rest[0])
         elif kind == "parse":
-            out = phase_parse(json.loads(rest[0]), Path(rest[1]))
+            out = phase_parse(json.loads(rest[0]), Path(rest[1]), float(rest[2]))
         elif kind == "embed":
             out = phase_embed(Path(rest[0]), rest[1])
         else:
-            out = phase_ingest(json.loads(rest[0]), rest[1])
+            out = phase_ingest(json.loads(rest[0]), rest[1], float(rest[2]))
         print(json.dumps(out))
         return
 
@@ -267,7 +276,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sift-bench-") as tmp:
         texts = Path(tmp) / "chunks.json"
         if "parse" not in args.skip:
-            res["parse"] = _child(["parse", json.dumps(files), str(texts)])
+            res["parse"] = _child(["parse", json.dumps(files), str(texts), str(args.timeout)])
             if not args.json:
                 _print_phase("parse-only", res["parse"])
             if "embed" not in args.skip:
@@ -277,7 +286,7 @@ def main() -> None:
                         _print_phase(f"embed-only {p}", res[f"embed_{p}"])
         if "ingest" not in args.skip:
             for p in precisions:
-                res[f"ingest_{p}"] = _child(["ingest", json.dumps(files), p])
+                res[f"ingest_{p}"] = _child(["ingest", json.dumps(files), p, str(args.timeout)])
                 if not args.json:
                     _print_phase(f"ingest {p}", res[f"ingest_{p}"])
     if {"fp32", "int8"} <= set(precisions):

@@ -3,22 +3,25 @@
 Every ``Word`` indexes exactly into its page's text (``text[w.start:w.end] == w.text``) so that a
 chunk, an answer span or a citation can be drawn back onto the page. Reading order comes from a
 recursive XY-cut over text lines (column gutters before row gaps), which reads multi-column pages
-column by column at no model cost: PyMuPDF's own ``sort=True`` reads across columns, and its ML
-layout analyser costs about a second per page on a laptop CPU, so it is only asked to find tables
-on pages that look tabular. Pages without a usable text layer go to ``core.ingest.ocr``.
+column by column at no model cost: PyMuPDF's own ``sort=True`` reads across columns. Tables come
+from PyMuPDF's table finder with its ML layout model, which costs about half a second per page on
+a laptop CPU: it runs once per page, and only on pages that may hold a table, judged from what is
+already at hand (line art that could form a grid, or words standing in numeric columns); the
+other pages cost only their text. Pages without a usable text layer go to ``core.ingest.ocr``.
 
 PyMuPDF must not be driven from several threads at once: call this from one thread (the parse
 worker process in ``core.ingest.worker`` does exactly that).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import time
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import pymupdf
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "parse_pdf",
+    "limit_layout_threads",
     "LineWord",
     "TextLine",
     "order_lines",
@@ -539,13 +543,15 @@ def _opt(r: Sequence[float] | None) -> Rect | None:
 
 def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable | None:
     # find_tables already reports rotated pages in displayed coordinates, like our words.
-    words = [w for ln in lines for w in ln.words]
     bbox = _opt(tab.bbox)
     rows = [[_opt(c) for c in r.cells] for r in tab.rows]
     ncols = max((len(r) for r in rows), default=0)
     rows = [(r + [None] * ncols)[:ncols] for r in rows]
     header = tab.header
     external = header is not None and header.external
+    # Every cell lies inside the table's box or its outside header's: only words there can fill one.
+    region = bbox if not external else _union((bbox, _opt(header.bbox)))  # type: ignore[arg-type]
+    words = [w for ln in lines for w in ln.words if _center_in(w.rect, region)]
     if external:
         head_rects = ([_opt(c) for c in header.cells] + [None] * ncols)[:ncols]
         head_text = [_cell_text(words, r) for r in head_rects]
@@ -593,24 +599,204 @@ def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable |
     )
 
 
+def _ruled(page: pymupdf.Page) -> bool:
+    """Whether the page's line art could make a grid for PyMuPDF's line-based table finder: edges
+    (strokes, the sides of boxes and shaded cells) at three or more x positions and two or more
+    y positions. Cheap (no text, no rendering); errs on the side of yes. A page that fails it
+    holds no ruled table: the finder runs there only if its words look tabular."""
+    try:
+        paths = page.get_cdrawings()  # unrotated coordinates, as the finder sees the page
+    except Exception:
+        return True  # unknown: let the finder decide
+    xs: set[int] = set()
+    ys: set[int] = set()
+
+    def box(x0: float, y0: float, x1: float, y1: float) -> None:
+        x0, x1 = min(x0, x1), max(x0, x1)
+        y0, y1 = min(y0, y1), max(y0, y1)
+        if x1 - x0 >= 3:
+            if y1 - y0 >= 3:
+                xs.update((round(x0), round(x1)))
+            ys.update((round(y0), round(y1)))
+        elif y1 - y0 >= 3:
+            xs.update((round(x0), round(x1)))
+
+    for path in paths:
+        r = path.get("rect")
+        if r is not None and len(r) == 4:
+            box(*r)  # neighbouring paths can join into a box whose sides become edges
+        for item in path.get("items", ()):
+            kind = item[0]
+            try:
+                if kind == "l":
+                    (ax, ay), (bx, by) = item[1], item[2]
+                    box(ax, ay, bx, by)
+                elif kind == "re":
+                    box(*item[1])
+                elif kind == "qu":
+                    q = item[1]
+                    box(min(pt[0] for pt in q), min(pt[1] for pt in q), max(pt[0] for pt in q),
+                        max(pt[1] for pt in q))
+            except (TypeError, ValueError, IndexError):
+                return True
+        if len(xs) >= 3 and len(ys) >= 2:
+            return True
+    # The finder also joins graphics that (nearly) touch into one box and takes its sides as
+    # edges: a rule touching a box or a stroke brings the ends of its span into play.
+    rects = [tuple(p["rect"]) for p in paths if p.get("rect") is not None and len(p["rect"]) == 4]
+    if len(rects) > 1500:
+        return True  # not worth the pairwise check: let the finder decide
+
+    def near(a: Sequence[float], b: Sequence[float], tol: float = 3.0) -> bool:
+        return a[0] - tol <= b[2] and b[0] - tol <= a[2] and a[1] - tol <= b[3] and b[1] - tol <= a[3]
+
+    for i, a in enumerate(rects):
+        if min(a[2] - a[0], a[3] - a[1]) >= 3:
+            continue  # a box: its sides are counted already
+        joined = _union([a] + [b for j, b in enumerate(rects) if j != i and near(a, b)])
+        # Sides shorter than 3 pt are no edges (the finder's edge_min_length).
+        if joined[3] - joined[1] >= 3:
+            xs.update((round(joined[0]), round(joined[2])))
+        if joined[2] - joined[0] >= 3:
+            ys.update((round(joined[1]), round(joined[3])))
+        if len(xs) >= 3 and len(ys) >= 2:
+            return True
+    return False
+
+
 def _looks_tabular(lines: Sequence[TextLine]) -> bool:
-    """Several lines holding three or more numbers each: a table, ruled or not."""
-    return sum(1 for ln in lines if sum(_is_numeric(w.text) for w in ln.words) >= 3) >= 4
+    """Numbers set apart in columns: three or more visual rows that each hold two or more numbers
+    after a gap wider than a word space (a column gutter), or four or more rows with a number
+    beside such a gap whose right edges line up (a column of amounts, page numbers in a table of
+    contents). Prose that merely mentions many numbers does not pass, so the layout model is not
+    run on it."""
+    rows: list[tuple[float, float, list[LineWord]]] = []
+    for ln in sorted((ln for ln in lines if ln.words), key=lambda ln: (ln.rect[1] + ln.rect[3]) / 2):
+        top, bottom = ln.rect[1], ln.rect[3]
+        if rows:
+            t, b, ws = rows[-1]
+            mid = (top + bottom) / 2
+            if t <= mid <= b:
+                ws.extend(ln.words)
+                rows[-1] = (min(t, top), max(b, bottom), ws)
+                continue
+        rows.append((top, bottom, list(ln.words)))
+    multi = 0
+    column: dict[int, int] = {}  # right edge (3 pt bins) of set-apart numbers -> rows holding one
+    for _, _, ws in rows:
+        if not any(_is_numeric(w.text) for w in ws):
+            continue
+        ws.sort(key=lambda w: w.rect[0])
+        after_gap = 0
+        edges: set[int] = set()
+        for k, w in enumerate(ws):
+            if not _is_numeric(w.text):
+                continue
+            gap = 0.8 * max(1.0, w.rect[3] - w.rect[1])
+            left = k > 0 and w.rect[0] - ws[k - 1].rect[2] >= gap
+            right = k + 1 < len(ws) and ws[k + 1].rect[0] - w.rect[2] >= gap
+            after_gap += left
+            if left or right:
+                edges.add(round(w.rect[2] / 3))
+        if after_gap >= 2:
+            multi += 1
+            if multi >= 3:
+                return True
+        for e in edges:
+            column[e] = column.get(e, 0) + 1
+            if column[e] + column.get(e - 1, 0) + column.get(e + 1, 0) >= 4:
+                return True
+    return False
 
 
 def _find_tables(page: pymupdf.Page, layout: bool | None, lines: Sequence[TextLine]) -> list[Any]:
-    """PyMuPDF's table finder. ``layout=None`` (auto) asks the layout model (~1 s a page on a CPU)
-    only on pages that look tabular: it finds unruled tables and rejects ruled boxes of prose."""
-    def run(use_layout: bool) -> list[Any]:
-        finder = page.find_tables(use_layout=use_layout)
-        return list(finder.tables) if finder is not None else []
+    """PyMuPDF's table finder, run at most once per page and only where a table may be.
 
+    ``layout=None`` (auto): pages whose line art could form a grid (``_ruled``) or whose words
+    stand in numeric columns (``_looks_tabular``) get the finder with the layout model (~0.5 s a
+    page on a CPU), which finds unruled tables, merges shaded-row fragments into whole tables and
+    rejects ruled boxes of prose; other pages get nothing. ``layout=False``: the line-based
+    finder alone, on ruled pages. ``layout=True``: the layout model on every page."""
+    have_layout = pymupdf._get_layout is not None
     if layout is None:
-        found = run(False)
-        if (found or _looks_tabular(lines)) and pymupdf._get_layout is not None:
-            found = run(True)
-        return found
-    return run(bool(layout))
+        ruled = _ruled(page)
+        if not (ruled or (have_layout and _looks_tabular(lines))):
+            return []
+        use_layout = have_layout
+    elif layout:
+        use_layout = True
+    else:
+        if not _ruled(page):
+            return []
+        use_layout = False
+    with _layout_regions_only(use_layout):
+        finder = page.find_tables(use_layout=use_layout)
+    return list(finder.tables) if finder is not None else []
+
+
+def _layout_model() -> Any:
+    """The model object behind ``pymupdf._get_layout`` (pymupdf.layout's hook), or None."""
+    for cell in getattr(pymupdf._get_layout, "__closure__", None) or ():
+        try:
+            model = getattr(cell.cell_contents, "_model", None)
+        except ValueError:  # an empty cell
+            continue
+        if model is not None and hasattr(model, "table_grid_extractor"):
+            return model
+    return None
+
+
+def limit_layout_threads(threads: int = 1) -> bool:
+    """Run PyMuPDF's layout model on ``threads`` CPU threads, without spin-waiting.
+
+    ONNX Runtime's default (a thread per core, spinning between operators) suits a process that
+    has the machine to itself. The parse worker shares it with the embedder: one thread there
+    costs about a quarter less CPU per page and leaves the other cores to embedding. Rebuilds the
+    model's sessions once per process; returns False (nothing changed) where the model is absent
+    or not built as expected."""
+    model = _layout_model()
+    if model is None:
+        return False
+    try:
+        import onnxruntime as ort
+
+        def session(path: str, old: Any) -> Any:
+            so = ort.SessionOptions()
+            so.enable_cpu_mem_arena = False  # as pymupdf.layout builds them: RSS stays flat
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return ort.InferenceSession(path, sess_options=so, providers=old.get_providers())
+
+        # The graph network, and the image-feature network it feeds on (the table-grid one is
+        # switched off while tables are found, see _layout_regions_only).
+        sessions = [(model, "session", model.model_path)]
+        extractor = getattr(model, "feature_extractor", None)
+        if extractor is not None and hasattr(extractor, "_session"):
+            sessions.append((extractor, "_session", model.imf_model_path))
+        fresh = [(owner, name, session(path, getattr(owner, name))) for owner, name, path in sessions]
+    except Exception:
+        return False
+    for owner, name, sess in fresh:
+        setattr(owner, name, sess)
+    return True
+
+
+@contextlib.contextmanager
+def _layout_regions_only(active: bool) -> Iterator[None]:
+    """While ``find_tables`` runs: the layout model without its table-grid network, about a fifth
+    of its time. ``find_tables`` only reads the table regions from the layout, never the grids,
+    so its result is the same. The model is restored afterwards (this module runs in one thread)."""
+    model = _layout_model() if active else None
+    saved = getattr(model, "table_grid_extractor", None)
+    if saved is None:
+        yield
+        return
+    model.table_grid_extractor = None
+    try:
+        yield
+    finally:
+        model.table_grid_extractor = saved
 
 
 def _tables(page: pymupdf.Page, number: int, lines: Sequence[TextLine], layout: bool | None,
@@ -827,8 +1013,9 @@ def parse_pdf(path: str | Path, *, ocr: bool = True, ocr_engine: OcrEngine | Non
 
     ``ocr``: run OCR on pages without a usable text layer (``ocr_engine`` defaults to the bundled
     RapidOCR engine, loaded once per process). ``layout``: whether PyMuPDF's layout model helps
-    find tables (~1 s per page on a CPU): True on every page, False never (fastest), None (default)
-    only on pages that look tabular. ``tables=False`` skips table detection altogether.
+    find tables (~0.5 s per page on a CPU): True on every page, False never (fastest: ruled
+    tables only), None (default) only on pages that may hold a table (line art that could form a
+    grid, or numbers standing in columns). ``tables=False`` skips table detection altogether.
     ``max_pages``: read at most this many pages. Raises EncryptedFile or DamagedFile; a page that
     fails becomes a warning instead.
     """

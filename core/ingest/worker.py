@@ -88,6 +88,14 @@ def _worker_main(conn: Connection, parser: Callable[..., ParsedDocument]) -> Non
         pymupdf.TOOLS.mupdf_display_warnings(False)
     except Exception:
         pass
+    try:
+        from core.ingest.pdf import limit_layout_threads
+
+        # This process is one stage of a pipeline (the embedder runs beside it): the layout model
+        # gets one thread, not one per core.
+        limit_layout_threads(1)
+    except Exception:
+        pass
     conn.send(("ready", os.getpid()))
     while True:
         try:

@@ -7,7 +7,7 @@ import pymupdf
 import pytest
 
 from core.errors import Cancelled, DamagedFile, EncryptedFile
-from core.ingest.pdf import parse_pdf
+from core.ingest.pdf import limit_layout_threads, parse_pdf
 from core.jobs import CancelToken, Progress
 from core.types import ParsedDocument
 
@@ -162,6 +162,78 @@ def test_tables_from_a_sec_filing(eval_dir):
     x0, y0, x1, y1 = table.bbox
     assert 0 <= x0 < x1 <= page.width and 0 <= y0 < y1 <= page.height
     assert doc.warnings == ("only the first 4 of 28 pages were read",)
+
+
+@pytest.fixture
+def finder_calls(monkeypatch) -> list[int]:
+    """Page numbers (1-based) on which PyMuPDF's table finder ran, the real finder still running."""
+    calls: list[int] = []
+    real = pymupdf.Page.find_tables
+
+    def counted(page, *args, **kwargs):
+        calls.append(page.number + 1)
+        return real(page, *args, **kwargs)
+
+    monkeypatch.setattr(pymupdf.Page, "find_tables", counted)
+    return calls
+
+
+def _unruled_table_pdf(path: Path, *, table: bool = True) -> None:
+    """Prose full of numbers around (optionally) a table without a single ruling line."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_text((72, 80), "Results by region", fontsize=14)
+    prose = ("Revenue was 4,210 million in 2023, up from 3,950 million in 2022 and 3,100 million in 2021, "
+             "across 12 regions and 4 product lines. ") * 3
+    page.insert_textbox(pymupdf.Rect(72, 100, 520, 220), prose, fontsize=10)
+    if table:
+        rows = [["Region", "2021", "2022", "2023"], ["North", "1,200", "1,310", "1,402"],
+                ["South", "950", "1,002", "1,120"], ["East", "1,480", "1,530", "1,610"],
+                ["West", "700", "760", "802"], ["Total", "4,330", "4,602", "4,934"]]
+        for i, row in enumerate(rows):
+            for x, cell in zip((72, 230, 330, 430), row):
+                page.insert_text((x, 250 + 18 * i), cell, fontsize=10)
+    page.insert_textbox(pymupdf.Rect(72, 380, 520, 520), prose, fontsize=10)
+    doc.save(path)
+
+
+def test_unruled_table_is_found_with_one_finder_run(tmp_path, finder_calls):
+    path = tmp_path / "unruled.pdf"
+    _unruled_table_pdf(path)
+    page = parse_pdf(path, ocr=False).pages[0]
+    assert finder_calls == [1]
+    [table] = page.tables
+    assert ("North", "1,200", "1,310", "1,402") in table.rows
+    assert ("Total", "4,330", "4,602", "4,934") in table.rows
+    assert all(len(r) == 4 for r in table.rows) and len(table.header) == 4
+    _assert_offsets_exact(parse_pdf(path, ocr=False))
+
+
+def test_pages_that_cannot_hold_a_table_skip_the_finder(tmp_path, finder_calls, eval_dir):
+    # Prose that mentions many numbers, no line art: no table, and no finder (nor layout model) run.
+    path = tmp_path / "prose.pdf"
+    _unruled_table_pdf(path, table=False)
+    assert parse_pdf(path, ocr=False).pages[0].tables == ()
+    assert finder_calls == []
+    # The first pages of a paper (title, abstract, running text) do not need it either.
+    doc = parse_pdf(eval_dir / "pdfqa" / "arxiv" / "1706.03762v7.pdf", ocr=False, max_pages=5)
+    assert finder_calls == [] and all(not p.tables for p in doc.pages)
+    # A ruled table still gets one run, also with the layout model off.
+    ruled = tmp_path / "table.pdf"
+    _table_pdf(ruled)
+    assert len(parse_pdf(ruled, ocr=False, layout=False).pages[0].tables) == 1
+    assert finder_calls == [1]
+
+
+def test_layout_model_on_one_thread_finds_the_same_tables(eval_dir, finder_calls):
+    path = eval_dir / "pdfqa" / "sec-10q" / "docs" / "2022 Q3 AAPL.pdf"
+    before = parse_pdf(path, ocr=False, max_pages=5)
+    assert finder_calls == sorted(set(finder_calls)), "at most one finder run per page"
+    assert limit_layout_threads(1)
+    after = parse_pdf(path, ocr=False, max_pages=5)
+    tables = [t for p in before.pages for t in p.tables]
+    assert len(tables) >= 3
+    assert tables == [t for p in after.pages for t in p.tables]
 
 
 def test_cjk_text_layer_gives_one_word_per_character(tmp_path):
