@@ -398,42 +398,6 @@ def _has_tables(kb) -> bool:
     return bool(list_sql_tables(kb.store.db))
 
 
-def _table_citation(kb, res) -> Citation:
-    """Rows and cells the SQL answer used; for a table from a PDF also its page and cell rectangles."""
-    import json
-
-    from core.store.sqltables import RECTS_COLUMN, ROW_ID, list_sql_tables, raw_rows
-
-    doc = kb.store.get_document(res.doc_id) if res.doc_id is not None else None
-    meta = next((t for t in list_sql_tables(kb.store.db) if t.name == res.table), None)
-    shown = res.row_ids[:5]
-    raws = raw_rows(kb.store.db, res.table, shown) if res.table else {}
-    header = meta.header if meta else ()
-    cols = list(res.cited_columns)
-    idx = [meta.columns.index(c) for c in cols if c in meta.columns] if meta and cols else []
-    lines = []
-    for rid in shown:
-        cells = raws.get(rid, ())
-        pairs = [(header[j] if j < len(header) else "", cells[j]) for j in (idx or range(len(cells))) if j < len(cells)]
-        lines.append(f"row {rid}: " + "; ".join(f"{h}: {v}" for h, v in pairs))
-    rects: list = []
-    page = meta.page if meta else None
-    if page is not None and shown and res.table:
-        from sqlite_utils.db import quote_identifier
-
-        got = kb.store.db.execute(
-            f"SELECT {ROW_ID}, {quote_identifier(RECTS_COLUMN)} FROM {quote_identifier(res.table)} "
-            f"WHERE {ROW_ID} IN ({', '.join('?' * len(shown))})", list(shown)).fetchall()
-        for _, js in got:
-            cells = json.loads(js) if js else []
-            for j, r in enumerate(cells):
-                if r and (not idx or j in idx):
-                    rects.append(tuple(float(x) for x in r))
-    return Citation(n=1, kind="table", document=doc.name if doc else (res.table or ""), path=doc.path if doc else "",
-                    doc_id=int(res.doc_id or 0), text="\n".join(lines), page=page, rects=tuple(rects),
-                    table=res.table, rows=tuple(res.row_ids), columns=tuple(cols))
-
-
 def _column_words(t) -> set[str]:
     words: set[str] = set()
     for name in (*t.columns, *t.header, t.title or ""):
@@ -470,7 +434,7 @@ def _tables_for(kb, question: str, filters) -> list | None:
 
 def _table_route(run: _Run, filters, *, forced: bool) -> Answer | None:
     """The SQL answer, or None to fall back to passages (only when the route was not forced)."""
-    from core.answer.table_sql import NoTables, ask_table, format_answer
+    from core.answer.table_sql import NoTables, ask_table, format_answer, table_citation
 
     kb = run.kb
     t = time.monotonic()
@@ -489,12 +453,13 @@ def _table_route(run: _Run, filters, *, forced: bool) -> Answer | None:
             return None
         return _declined(run, "table", format_answer(res), sql=res.sql or None)
     text = format_answer(res)
-    cit = _table_citation(kb, res)
-    full = with_markers(text, [1])
+    cit = table_citation(kb.store, res, n=1, max_rows=5)
+    nums = [1] if cit is not None else []
+    full = with_markers(text, nums)
     if run.on_token is not None:
         run.on_token(full)
-    return _finish(run, Answer(question=run.question, text=full, citations=(cit,),
-                               sentences=(AnswerSentence(text, 0, len(full), (1,), True),), route="table",
+    return _finish(run, Answer(question=run.question, text=full, citations=(cit,) if cit else (),
+                               sentences=(AnswerSentence(text, 0, len(full), tuple(nums), True),), route="table",
                                sql=res.sql))
 
 

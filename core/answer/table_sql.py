@@ -422,8 +422,9 @@ def _authorizer(allowed: set[str], reads: dict[str, list[str]], functions: list[
     return auth
 
 
-def run_select(conn: sqlite3.Connection, sql: str, allowed: Sequence[str], *, time_limit_ms: int = DEFAULT_TIME_LIMIT_MS,
-               max_rows: int = DEFAULT_MAX_ROWS, cancel: CancelToken | None = None) -> _Run:
+def run_select(conn: sqlite3.Connection, sql: str, allowed: Sequence[str], *,
+               time_limit_ms: int = DEFAULT_TIME_LIMIT_MS, max_rows: int = DEFAULT_MAX_ROWS,
+               cancel: CancelToken | None = None) -> _Run:
     """Run a validated query that may only read ``allowed`` tables; TableSqlError on any failure."""
     sql = validate_sql(sql)
     reads: dict[str, list[str]] = {}
