@@ -53,16 +53,24 @@ def cmd_search(args) -> int:
                             file_types=tuple(args.type) if args.type else None,
                             page_from=page_from, page_to=page_to, added_after=args.after, added_before=args.before)
     stages = ("bm25",) if args.mode == "bm25" else ("dense",) if args.mode == "dense" else ("bm25", "dense")
+    timings: dict[str, float] = {}
     with KnowledgeBase(args.kb) as kb:
         if args.doc:
             _, unknown = resolve_documents(kb.store.list_documents(state="ready"), args.doc)
             if unknown:
                 raise KnownError(f"no document {', '.join(repr(u) for u in unknown)} in this knowledge base",
                                  fix="see sift ls for ids, paths and names")
+        extra: dict = {}
+        if args.late:
+            extra.update(late=kb.late_stage(), late_top=args.late_top)
+        if args.rerank:
+            extra.update(reranker=kb.reranker(args.rerank), rerank_top=args.rerank_top)
         try:
-            hits = search(kb.store, kb.embedder, args.query, k=args.k, filters=filters, stages=stages)
+            hits = search(kb.store, kb.embedder, args.query, k=args.k, filters=filters, stages=stages,
+                          timings=timings, **extra)
         except ValueError as e:  # a malformed date
             raise KnownError(str(e)) from e
+    later = (["late"] if args.late else []) + ([extra["reranker"].name] if args.rerank else [])
     if args.json:
         print(json.dumps([hit_json(h) for h in hits], indent=2, ensure_ascii=False))
         return 0
@@ -76,9 +84,11 @@ def cmd_search(args) -> int:
         print(f"    {snippet[:200]}{'…' if len(snippet) > 200 else ''}")
         if args.explain:
             parts = [f"{s.stage} #{s.rank} ({s.score:.4f})" for s in h.stages]
-            missing = [s for s in stages if h.stage(s) is None]
+            missing = [s for s in list(stages) + later if h.stage(s) is None]
             parts += [f"{s} not in top candidates" for s in missing]
             print(f"    explain: {'; '.join(parts)}")
+    if args.explain and timings:
+        print("timings: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
     return 0
 
 
@@ -105,7 +115,8 @@ def cmd_eval_retrieval(args) -> int:
             if ing.added:
                 print(f"stored {ing.added} documents ({ing.chunks} chunks) in {folder} in {ing.seconds:.0f}s",
                       file=sys.stderr)
-            rep = evaluate_retrieval(kb, ds, runs=names, limit=args.limit, progress=_progress(), cancel=cancel)
+            rep = evaluate_retrieval(kb, ds, runs=names, limit=args.limit, late_top=args.late_top,
+                                     rerank_top=args.rerank_top, progress=_progress(), cancel=cancel)
         except KeyboardInterrupt:
             cancel.cancel()
             raise
@@ -114,12 +125,36 @@ def cmd_eval_retrieval(args) -> int:
         return 0
     print(f"{rep.dataset} / {rep.split}: {rep.n_queries} queries; knowledge base {folder}")
     heads = ["nDCG@10", "R@100", "MRR@10", "Hit@1", "Hit@5", "Hit@10", "p50 ms", "p95 ms"]
-    print(f"{'run':<15}" + "".join(f"{h:>9}" for h in heads))
+    width = max([15] + [len(n) + 2 for n in rep.runs])
+    print(f"{'run':<{width}}" + "".join(f"{h:>9}" for h in heads))
     for name, r in rep.runs.items():
         vals = [f"{r.metrics[m]:.4f}" for m in METRICS] + [f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}"]
         mark = "  (default)" if name == rep.best else ""
-        print(f"{name:<15}" + "".join(f"{v:>9}" for v in vals) + mark)
+        print(f"{name:<{width}}" + "".join(f"{v:>9}" for v in vals) + mark)
+    for name, r in rep.runs.items():
+        later = {s: v for s, v in r.stage_ms.items() if s in ("late", "rerank-llm", "rerank-ce")}
+        if later:
+            print(f"  {name}: " + ", ".join(f"{s} p50 {a:.1f} / p95 {b:.1f} ms" for s, (a, b) in later.items()))
     return 0
+
+
+def _stage_args(p) -> None:
+    from core.search.late_interaction import DEFAULT_LATE_TOP
+    from core.search.rerank import DEFAULT_RERANK_TOP
+
+    def positive(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+        return n
+
+    p.add_argument("--late-top", type=positive, default=DEFAULT_LATE_TOP, metavar="N",
+                   help=f"candidates the late-interaction stage re-scores (default {DEFAULT_LATE_TOP})")
+    p.add_argument("--rerank-top", type=positive, default=DEFAULT_RERANK_TOP, metavar="N",
+                   help=f"candidates a reranker re-scores (default {DEFAULT_RERANK_TOP})")
 
 
 def add_parsers(sub) -> None:
@@ -147,6 +182,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--before", metavar="DATE", help="only documents added on or before DATE (YYYY-MM-DD)")
     p.add_argument("--mode", choices=("hybrid", "bm25", "dense"), default="hybrid",
                    help="which retrieval to use (default hybrid)")
+    _stage_args(p)
+    p.add_argument("--late", action="store_true",
+                   help="re-score the top candidates by late interaction (MaxSim over token vectors)")
+    p.add_argument("--rerank", choices=("llm", "cross-encoder"),
+                   help="rerank the top candidates with the local LLM or the configured cross-encoder")
     p.set_defaults(fn=cmd_search)
 
     pe = sub.add_parser("eval", help="measure Sift on public benchmarks")
@@ -156,8 +196,18 @@ def add_parsers(sub) -> None:
     pr.add_argument("folder", metavar="DIR", help="a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     pr.add_argument("--split", help="qrels split (default: the first of test, dev, train present)")
     pr.add_argument("--stages", action="append", metavar="RUNS",
-                    help="runs to measure, comma-separated: bm25, dense, hybrid (RRF), hybrid-minmax "
-                    "(default: all)")
+                    help="runs to measure, comma-separated: bm25, dense, hybrid (RRF), hybrid-minmax, and with a "
+                    "second stage hybrid+late, hybrid+rerank-llm, hybrid+rerank-ce, hybrid+late+rerank-llm "
+                    "(default: the first four)")
+    _stage_args(pr)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.add_argument("--limit", type=int, metavar="N", help="only the first N queries")
     pr.set_defaults(fn=cmd_eval_retrieval)
+
+    from app.cli_ask import add_eval_parser as add_rewrites_parser
+    from app.cli_own import add_parsers as add_own_parsers
+    from app.cli_tables import add_parsers as add_table_eval_parsers
+
+    add_rewrites_parser(esub)
+    add_table_eval_parsers(esub)
+    add_own_parsers(esub)

@@ -317,6 +317,17 @@ class KnowledgeBase:
             return LateInteraction(ColbertTokens(self.colbert), self.store.token_vectors)
         return LateInteraction(EmbedderTokens(self.embedder))
 
+    def token_evidence(self, query: str, chunk_id: int):
+        """Which passage tokens of a chunk match the query, and how well
+        (``core.search.late_interaction.TokenEvidence``, char offsets into the chunk's text), with
+        the same token vectors the late stage uses. None for an unknown chunk."""
+        from core.search.late_interaction import token_evidence
+
+        chunks = self.store.get_chunks([int(chunk_id)])
+        if not chunks:
+            return None
+        return token_evidence(self.late_stage().encoder, query, chunks[0].text)
+
     def reranker(self, kind: str):
         """A rerank stage: ``llm`` (the chat model's yes/no logits) or ``cross-encoder`` (the folder in
         ``settings.extra["cross_encoder_model"]``)."""

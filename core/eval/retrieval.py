@@ -24,6 +24,11 @@ Min-max weights swept on the same split (BM25 weight 0.2 … 0.7): 0.5 to 0.6 fo
 (nDCG@10 0.733–0.738 at 100 or 300 candidates); equal weights were kept.
 
 The default configuration (``DEFAULT_RUN``) is the best of these on that dev set.
+
+Runs with a second stage (``hybrid+late``, ``hybrid+rerank-llm``, ``hybrid+rerank-ce`` and their
+combination) take the default hybrid search and re-score its head; they are only measured when
+asked for (``--stages``), since the LLM reranker costs seconds per query on a CPU. Their figures
+are in bench/RESULTS.md ("Late interaction and reranking").
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from core.eval.metrics import METRICS, evaluate, percentile
 from core.jobs import CancelToken, ProgressFn, check, report
 from core.search.hybrid import DEFAULT_FUSION, DEFAULT_STAGES, DEFAULT_WEIGHTS, search
 
-__all__ = ["RunConfig", "RUNS", "DEFAULT_RUN", "RunResult", "RetrievalReport", "EVAL_CANDIDATES", "DOC_DEPTH",
+__all__ = ["RunConfig", "RUNS", "BASE_RUNS", "DEFAULT_RUN", "RunResult", "RetrievalReport", "EVAL_CANDIDATES", "DOC_DEPTH",
            "run_names", "evaluate_retrieval", "doc_ranking"]
 
 DOC_DEPTH = 100
@@ -54,6 +59,10 @@ class RunConfig:
     stages: tuple[str, ...]
     fusion: str = "rrf"
     weights: Mapping[str, float] | None = None
+    late: bool = False
+    """Re-score the fused head by MaxSim (``KnowledgeBase.late_stage``)."""
+    rerank: str | None = None
+    """``llm`` or ``cross-encoder`` (``KnowledgeBase.reranker``), or None."""
 
 
 RUNS: dict[str, RunConfig] = {
@@ -61,15 +70,24 @@ RUNS: dict[str, RunConfig] = {
     "dense": RunConfig("dense", ("dense",)),
     "hybrid": RunConfig("hybrid", ("bm25", "dense"), "rrf"),
     "hybrid-minmax": RunConfig("hybrid-minmax", ("bm25", "dense"), "minmax", dict(DEFAULT_WEIGHTS)),
+    "hybrid+late": RunConfig("hybrid+late", ("bm25", "dense"), "minmax", dict(DEFAULT_WEIGHTS), late=True),
+    "hybrid+rerank-llm": RunConfig("hybrid+rerank-llm", ("bm25", "dense"), "minmax", dict(DEFAULT_WEIGHTS),
+                                   rerank="llm"),
+    "hybrid+rerank-ce": RunConfig("hybrid+rerank-ce", ("bm25", "dense"), "minmax", dict(DEFAULT_WEIGHTS),
+                                  rerank="cross-encoder"),
+    "hybrid+late+rerank-llm": RunConfig("hybrid+late+rerank-llm", ("bm25", "dense"), "minmax",
+                                        dict(DEFAULT_WEIGHTS), late=True, rerank="llm"),
 }
+BASE_RUNS = ("bm25", "dense", "hybrid", "hybrid-minmax")
+"""What ``sift eval retrieval`` measures when no ``--stages`` are given: the first-stage runs."""
 DEFAULT_RUN = next(n for n, r in RUNS.items() if r.stages == tuple(DEFAULT_STAGES) and r.fusion == DEFAULT_FUSION)
 """The run that is Sift's default search."""
 
 
 def run_names(spec: Sequence[str] | str | None) -> list[str]:
-    """Run names from ``["bm25,dense", "hybrid"]``-style input (None: all), checked."""
+    """Run names from ``["bm25,dense", "hybrid"]``-style input (None: ``BASE_RUNS``), checked."""
     if spec is None:
-        return list(RUNS)
+        return list(BASE_RUNS)
     parts = [spec] if isinstance(spec, str) else list(spec)
     names = [p.strip() for part in parts for p in part.split(",") if p.strip()]
     bad = [n for n in names if n not in RUNS]
@@ -88,6 +106,8 @@ class RunResult:
     p95_ms: float
     run: dict[str, list[str]] = field(repr=False)
     """Query id → corpus ids, best first (what was scored)."""
+    stage_ms: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
+    """Per stage of the search (``core.search.hybrid.search`` timings): (p50, p95) in ms."""
 
     def to_json(self) -> dict:
         return {**{m: round(self.metrics[m], 4) for m in METRICS}, "p50_ms": round(self.p50_ms, 2),
@@ -125,7 +145,9 @@ def doc_ranking(hits, dataset: str, depth: int = DOC_DEPTH) -> list[str]:
 
 
 def evaluate_retrieval(kb, ds: BeirDataset, *, runs: Sequence[str] | None = None, limit: int | None = None,
-                       candidates: int = EVAL_CANDIDATES, depth: int = DOC_DEPTH,
+                       candidates: int = EVAL_CANDIDATES, depth: int = DOC_DEPTH, late_top: int | None = None,
+                       rerank_top: int | None = None, late_weight: float | None = None,
+                       rerank_weight: float | None = None,
                        progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> RetrievalReport:
     """Search every judged query (the first ``limit`` when given) with each run and score it.
 
@@ -143,15 +165,25 @@ def evaluate_retrieval(kb, ds: BeirDataset, *, runs: Sequence[str] | None = None
         cfg = RUNS[name]
         run: dict[str, list[str]] = {}
         times: list[float] = []
+        per_stage: dict[str, list[float]] = {}
+        extra = {}
+        if cfg.late:
+            extra.update(late=kb.late_stage(), late_top=late_top, late_weight=late_weight)
+        if cfg.rerank:
+            extra.update(reranker=kb.reranker(cfg.rerank), rerank_top=rerank_top, rerank_weight=rerank_weight)
         for j, q in enumerate(qids):
             check(cancel)
+            timings: dict[str, float] = {}
             t = time.perf_counter()
             hits = search(store, emb, ds.queries[q], k=candidates, stages=cfg.stages, fusion=cfg.fusion,
-                          weights=cfg.weights, candidates=candidates)
+                          weights=cfg.weights, candidates=candidates, timings=timings, cancel=cancel, **extra)
             times.append((time.perf_counter() - t) * 1000.0)
+            for stage, ms in timings.items():
+                per_stage.setdefault(stage, []).append(ms)
             run[q] = doc_ranking(hits, ds.name, depth)
             if j % 20 == 0 or j + 1 == len(qids):
                 report(progress, "eval", i * len(qids) + j + 1, total, unit="queries", started=t0,
                        message=f"{name}: {j + 1}/{len(qids)}")
-        results[name] = RunResult(name, evaluate(qrels, run), percentile(times, 50), percentile(times, 95), run)
+        results[name] = RunResult(name, evaluate(qrels, run), percentile(times, 50), percentile(times, 95), run,
+                                  {s: (percentile(v, 50), percentile(v, 95)) for s, v in per_stage.items()})
     return RetrievalReport(ds.name, ds.split, len(qids), results, DEFAULT_RUN, kb_folder=str(Path(kb.folder)))

@@ -128,3 +128,69 @@ class LocalLLM:
     def chat(self, messages: Sequence[ChatMessage], **kw) -> str:
         """The whole reply as one string."""
         return "".join(self.stream_chat(messages, **kw))
+
+    # ------------------------------------------------------------------ scoring (rerankers)
+
+    def format_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt text the GGUF's own chat template makes of ``messages``, ending where the
+        assistant's reply starts (what ``stream_chat`` sends, without generating)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if not self.chat_template:
+            raise ModelError(f"{self.path}: the GGUF file has no chat template")
+        llm = self._llm
+
+        def piece(tok: int) -> str:
+            return llm._model.token_get_text(tok) if tok >= 0 else ""
+
+        fmt = Jinja2ChatFormatter(self.chat_template, eos_token=piece(llm.token_eos()),
+                                  bos_token=piece(llm.token_bos()))
+        return fmt(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
+
+    def token_id(self, text: str) -> int | None:
+        """The vocabulary id of ``text`` when it is exactly one token, else None."""
+        ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return int(ids[0]) if len(ids) == 1 else None
+
+    def next_token_logits(self, prompts: Sequence[str], token_ids: Sequence[int], *,
+                          max_prompt_tokens: int | None = None, cancel: CancelToken | None = None):
+        """For each prompt, the logits of ``token_ids`` at the position right after it.
+
+        Returns float32 ``[len(prompts), len(token_ids)]``. Holds the model for the whole call.
+        Consecutive prompts that share a beginning reuse its evaluated cache (a reranker puts the
+        query first and the passage last, so only the passage is evaluated again). A prompt longer
+        than ``max_prompt_tokens`` (default: the context size) loses tokens from its middle, i.e.
+        the end of the passage before the closing question. Logits are read with
+        ``llama_get_logits_ith(ctx, -1)``: in llama-cpp-python 0.3.36 ``Llama.scores`` stays zero
+        unless the model was loaded with ``logits_all=True``.
+        """
+        import llama_cpp
+        import numpy as np
+
+        ids = [int(t) for t in token_ids]
+        out = np.zeros((len(prompts), len(ids)), dtype=np.float32)
+        limit = min(int(max_prompt_tokens or self.n_ctx), self.n_ctx - 1)
+        llm = self._llm
+        add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        with self._lock:
+            for i, prompt in enumerate(prompts):
+                if cancel is not None and cancel.cancelled:
+                    from core.errors import Cancelled
+
+                    raise Cancelled("scoring cancelled")
+                toks = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+                if len(toks) > limit:
+                    tail = 48  # keep the closing question and the start of the reply intact
+                    toks = toks[: limit - tail] + toks[-tail:]
+                cached = llm._input_ids
+                prefix = 0
+                for a, b in zip(cached, toks):
+                    if a != b:
+                        break
+                    prefix += 1
+                prefix = min(prefix, len(toks) - 1)  # at least one token is evaluated to get logits
+                llm.n_tokens = prefix
+                llm.eval(toks[prefix:])
+                logits = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+                out[i] = [logits[t] for t in ids]
+        return out

@@ -11,6 +11,18 @@ Filters are translated into a ``ChunkFilter`` that both stages apply *inside* th
 
 The default fusion and its weights were chosen on the SciFact train split (the dev set);
 see ``DEFAULT_FUSION`` and the figures in ``core.eval.retrieval``.
+
+After fusion two optional stages re-score the head of the list, each with its own switch,
+its own ``StageScore`` on the hits and its own entry in ``timings``:
+
+``late``    MaxSim over token vectors (``core.search.late_interaction.LateInteraction``) of the
+            fused top ``late_top``, blended with the fused score (``late_weight``);
+``rerank``  a cross-encoder or the local LLM (``core.search.rerank``) on the top ``rerank_top``
+            (stage ``rerank-ce`` / ``rerank-llm``), blended the same way (``rerank_weight``).
+
+Both are off unless the caller passes them: no late-interaction model or reranker has been
+shown to help on the dev set yet (see bench/RESULTS.md), so ``KnowledgeBase.search`` only
+switches them on when the settings say so.
 """
 from __future__ import annotations
 
@@ -21,13 +33,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.jobs import CancelToken, check
 from core.search.fusion import RRF_K, minmax, rrf
 from core.store.fts import ChunkFilter, has_cjk
 from core.types import ChunkId, ChunkSpan, DocId
 
 __all__ = ["Hit", "StageScore", "SearchFilters", "STAGES", "FUSIONS", "DEFAULT_STAGES", "DEFAULT_FUSION",
            "DEFAULT_WEIGHTS", "DEFAULT_CANDIDATES", "MAX_K", "search", "resolve_filters", "resolve_documents",
-           "stage_results", "fuse", "hydrate"]
+           "stage_results", "fuse", "hydrate", "DEFAULT_RERANK_WEIGHT"]
 
 STAGES = ("bm25", "dense")
 FUSIONS = ("rrf", "minmax")
@@ -37,6 +50,8 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {"bm25": 0.5, "dense": 0.5}
 """Min-max weights per stage: equal, from the 0.5–0.6 BM25 plateau on the SciFact train split
 (nDCG@10 0.734 against 0.721 for RRF; see core.eval.retrieval)."""
 DEFAULT_CANDIDATES = 100
+DEFAULT_RERANK_WEIGHT = 1.0
+"""A reranker's share when blended with the fused score: 1.0 lets it order the head alone."""
 MAX_K = 1000
 FILE_TYPE_ALIASES = {"xlsx": ("xlsx", "xlsm"), "excel": ("xlsx", "xlsm"), "xls": ("xlsx", "xlsm"),
                      "csv": ("csv",), "tsv": ("tsv",), "pdf": ("pdf",)}
@@ -50,7 +65,8 @@ class StageScore:
     rank: int
     """1-based rank in that stage's candidates."""
     score: float
-    """The stage's own score: ``-bm25()`` (or RRF of the two FTS indexes), cosine for dense."""
+    """The stage's own score: ``-bm25()`` (or RRF of the two FTS indexes), cosine for dense,
+    MaxSim for ``late``, the reranker's logit (yes-vs-no log-odds for ``rerank-llm``)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,9 @@ class Hit:
     chunk_id: ChunkId
     doc_id: DocId
     score: float
-    """The fused score (the single stage's score when only one ran); orders the hits."""
+    """The fused score (the single stage's score when only one ran); orders the hits. After a
+    late or rerank stage: 1 + the blended score for the re-scored head, the fused score rescaled
+    into [0, 1) for the rest."""
     text: str
     heading: str
     kind: str
@@ -191,10 +209,18 @@ def resolve_filters(store, filters: SearchFilters | None) -> ChunkFilter | None:
 
 def stage_results(store, embedder, query: str, *, stages: Sequence[str] = DEFAULT_STAGES,
                   candidates: int = DEFAULT_CANDIDATES, where: ChunkFilter | None = None,
-                  query_vector: np.ndarray | None = None) -> dict[str, list[tuple[ChunkId, float]]]:
-    """Each stage's top ``candidates`` as ``{stage: [(chunk_id, score)]}``, best first."""
+                  query_vector: np.ndarray | None = None,
+                  timings: dict | None = None) -> dict[str, list[tuple[ChunkId, float]]]:
+    """Each stage's top ``candidates`` as ``{stage: [(chunk_id, score)]}``, best first.
+
+    ``timings`` (when given) gets each stage's wall time in ms; ``dense`` includes the query
+    embedding.
+    """
+    import time
+
     out: dict[str, list[tuple[ChunkId, float]]] = {}
     for stage in stages:
+        t = time.perf_counter()
         if stage == "bm25":
             out[stage] = store.search_bm25(query, candidates, where=where)
         elif stage == "dense":
@@ -202,6 +228,8 @@ def stage_results(store, embedder, query: str, *, stages: Sequence[str] = DEFAUL
             out[stage] = store.search_dense(vec, candidates, where=where)
         else:
             raise ValueError(f"unknown search stage {stage!r}; expected one of {STAGES}")
+        if timings is not None:
+            timings[stage] = (time.perf_counter() - t) * 1000.0
     return out
 
 
@@ -225,7 +253,10 @@ def fuse(results: Mapping[str, Sequence[tuple[int, float]]], *, fusion: str = DE
 def search(store, embedder, query: str, *, k: int = 10, filters: SearchFilters | None = None,
            stages: Sequence[str] = DEFAULT_STAGES, fusion: str = DEFAULT_FUSION,
            weights: Mapping[str, float] | None = None, candidates: int = DEFAULT_CANDIDATES,
-           query_vector: np.ndarray | None = None) -> list[Hit]:
+           query_vector: np.ndarray | None = None, late=None, late_top: int | None = None,
+           late_weight: float | None = None, reranker=None, rerank_top: int | None = None,
+           rerank_weight: float | None = None, timings: dict | None = None,
+           cancel: CancelToken | None = None) -> list[Hit]:
     """The best ``k`` chunks for ``query`` within ``filters``, best first.
 
     ``store`` is a ``core.store.store.Store``; ``embedder`` has ``encode`` (only used when the
@@ -233,7 +264,15 @@ def search(store, embedder, query: str, *, k: int = 10, filters: SearchFilters |
     each stage fetches ``max(candidates, k)``. An empty or blank query, an empty knowledge
     base, or a filter that nothing passes gives ``[]``. A query with CJK characters skips the
     dense stage (when another stage runs) unless ``embedder.multilingual`` is true.
+
+    ``late`` (a ``LateInteraction``) re-scores the fused top ``late_top`` by MaxSim; ``reranker``
+    (see ``core.search.rerank``) then re-scores the top ``rerank_top``. ``timings``, when given,
+    is filled with wall times in ms: each first stage, ``fusion``, ``late``, the reranker's
+    stage name, ``hydrate`` and ``total``.
     """
+    import time
+
+    t_start = time.perf_counter()
     k = max(0, min(int(k), MAX_K))
     stages = tuple(dict.fromkeys(stages))  # drop repeats, keep order
     if k == 0 or not query or not query.strip() or not stages:
@@ -250,10 +289,44 @@ def search(store, embedder, query: str, *, k: int = 10, filters: SearchFilters |
     where = resolve_filters(store, filters)
     if where is not None and where.doc_ids is not None and not where.doc_ids:
         return []
-    results = stage_results(store, embedder, query, stages=stages, candidates=max(int(candidates), k),
-                            where=where, query_vector=query_vector)
-    fused = fuse(results, fusion=fusion, weights=weights, limit=k)
-    return hydrate(store, fused, results)
+    from core.search.late_interaction import DEFAULT_LATE_TOP, DEFAULT_LATE_WEIGHT
+    from core.search.rerank import DEFAULT_RERANK_TOP, blend
+
+    late_top = int(late_top if late_top is not None else DEFAULT_LATE_TOP)
+    rerank_top = int(rerank_top if rerank_top is not None else DEFAULT_RERANK_TOP)
+    head = max(k, late_top if late is not None else 0, rerank_top if reranker is not None else 0)
+    results = stage_results(store, embedder, query, stages=stages, candidates=max(int(candidates), head),
+                            where=where, query_vector=query_vector, timings=timings)
+    t = time.perf_counter()
+    fused = fuse(results, fusion=fusion, weights=weights, limit=head)
+    if timings is not None:
+        timings["fusion"] = (time.perf_counter() - t) * 1000.0
+    extra: dict[str, list[tuple[int, float]]] = {}
+    if (late is not None or reranker is not None) and fused:
+        texts = {int(c.id): c.text for c in store.get_chunks([int(cid) for cid, _ in fused])}
+        for stage, top, weight in ((late, late_top, late_weight if late_weight is not None else DEFAULT_LATE_WEIGHT),
+                                   (reranker, rerank_top,
+                                    rerank_weight if rerank_weight is not None else DEFAULT_RERANK_WEIGHT)):
+            if stage is None:
+                continue
+            check(cancel)
+            t = time.perf_counter()
+            ids = [int(cid) for cid, _ in fused[:top] if int(cid) in texts]
+            if stage is late:
+                scores = late.score(query, ids, texts, cancel=cancel)
+            else:
+                raw = reranker.score(query, [texts[c] for c in ids], cancel=cancel) if ids else []
+                scores = {c: float(v) for c, v in zip(ids, raw)}
+            fused = blend(fused, scores, weight=float(weight), top_n=top).ranked
+            extra[stage.name] = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+            if timings is not None:
+                timings[stage.name] = (time.perf_counter() - t) * 1000.0
+    t = time.perf_counter()
+    hits = hydrate(store, fused[:k], {**results, **extra})
+    if timings is not None:
+        timings["hydrate"] = (time.perf_counter() - t) * 1000.0
+        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+    return hits
 
 
 def hydrate(store, fused: Sequence[tuple[int, float]], results: Mapping[str, Sequence[tuple[int, float]]]) -> list[Hit]:

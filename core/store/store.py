@@ -7,6 +7,10 @@ A knowledge base is a folder:
 ``vectors.json``  sidecar of the dense index, and the hnswlib graph file it names
                   (see ``core.store.vectors``).
 ``sift.lock``     held (``flock``) by the process that writes the folder.
+``token_vectors.json`` and ``tokvec-*.seg``  only with a late-interaction model configured: its
+                  compressed per-token vectors (``core.store.token_vectors``), attached by the owner
+                  as ``Store.token_vectors``; deletes reach them in ``_after_commit`` and they are
+                  saved with the graph.
 
 Crash safety. Every change to a document (its row, pages, chunks, FTS rows, and a bump of
 the ``generation`` counter in ``kb_meta``) is one SQLite transaction, committed with
@@ -243,6 +247,9 @@ class Store:
         self._bulk = 0
         self._closed = False
         self.last_check: ConsistencyReport | None = None
+        self.token_vectors = None
+        """A ``core.store.token_vectors.TokenVectorStore`` the owner attaches when a late-interaction
+        model is configured: deletes reach it here, and it is saved with the graph."""
 
     # -------------------------------------------------------------- open / close
 
@@ -280,7 +287,7 @@ class Store:
             if self._closed:
                 return
             try:
-                if self._dirty:
+                if self._dirty or (self.token_vectors is not None and self.token_vectors.dirty):
                     self.save_index()
             finally:
                 self._closed = True
@@ -331,6 +338,8 @@ class Store:
 
     def _after_commit(self, removed: Sequence[int], added: Sequence[int], vectors: np.ndarray | None) -> None:
         """Bring the graph up to the committed database, then save it unless in bulk mode."""
+        if removed and self.token_vectors is not None:
+            self.token_vectors.delete(removed)
         try:
             if removed:
                 self._index.delete(removed)
@@ -354,6 +363,31 @@ class Store:
                 raise StoreError(f"cannot save the vector index in {self.folder}: {e}",
                                  fix="check the disk has free space; the index is repaired on next open") from e
             self._dirty = False
+            self._save_token_vectors()
+
+    # -------------------------------------------------------------- token vectors (late interaction)
+
+    def _save_token_vectors(self) -> None:
+        if self.token_vectors is None or not self.token_vectors.dirty:
+            return
+        try:
+            self.token_vectors.save(self._generation())
+        except OSError as e:
+            raise StoreError(f"cannot save the token vectors in {self.folder}: {e}",
+                             fix="check the disk has free space; they are re-encoded on next open") from e
+
+    def token_vectors_changed(self) -> None:
+        """Save the attached token vectors now, or at the end of the current ``bulk`` block."""
+        with self._lock:
+            if self._bulk:
+                self._dirty = True
+            else:
+                self._save_token_vectors()
+
+    def chunk_ids(self) -> set[int]:
+        """Every stored chunk id."""
+        with self._lock:
+            return {r[0] for r in self._read().execute("SELECT id FROM chunks")}
 
     @contextlib.contextmanager
     def bulk(self) -> Iterator["Store"]:

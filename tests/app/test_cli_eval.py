@@ -76,3 +76,26 @@ def test_every_new_command_has_help():
     assert helps["search"] and helps["eval"]
     with pytest.raises(SystemExit):
         ap.parse_args(["search", "q", "--pages", "5-3"])
+
+
+def test_search_with_second_stages_and_eval_of_a_late_run(toy, capsys):
+    folder, kb = toy
+    sift("--kb", str(kb), "eval", "retrieval", str(folder), "--stages", "bm25", "--json")  # stores the corpus
+    capsys.readouterr()
+    assert sift("--kb", str(kb), "search", "aspirin heart attack", "--k", "3", "--late", "--late-top", "5",
+                "--explain") == 0
+    text = capsys.readouterr().out
+    assert "late #" in text and "timings:" in text and "late " in text.split("timings:")[1]
+    assert sift("--kb", str(kb), "search", "aspirin heart attack", "--k", "3", "--late", "--json") == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert all("late" in h["stages"] for h in hits)
+    with pytest.raises(KnownError, match="no cross-encoder configured"):
+        sift("--kb", str(kb), "search", "aspirin", "--rerank", "cross-encoder")
+    assert sift("--kb", str(kb), "eval", "retrieval", str(folder), "--stages", "hybrid-minmax,hybrid+late",
+                "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["runs"]) == {"hybrid-minmax", "hybrid+late"}
+    assert set(out["runs"]["hybrid+late"]) == {"ndcg@10", "recall@100", "mrr@10", "hit@1", "hit@5", "hit@10",
+                                               "p50_ms", "p95_ms"}
+    assert sift("--kb", str(kb), "eval", "retrieval", str(folder), "--stages", "hybrid+late") == 0
+    assert "hybrid+late: late p50" in capsys.readouterr().out

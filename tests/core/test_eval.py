@@ -10,7 +10,7 @@ import pytest
 from core.errors import KnownError
 from core.eval.beir import DatasetError, corpus_id_of, doc_path, ingest_corpus, load_beir
 from core.eval.metrics import METRICS, evaluate, per_query, percentile
-from core.eval.retrieval import DEFAULT_RUN, RUNS, evaluate_retrieval, run_names
+from core.eval.retrieval import BASE_RUNS, DEFAULT_RUN, RUNS, evaluate_retrieval, run_names
 from core.kb import KnowledgeBase
 
 CORPUS = [
@@ -100,8 +100,11 @@ def test_load_beir_keeps_judged_queries(tmp_path):
 
 
 def test_run_names():
-    assert run_names(None) == list(RUNS)
+    assert run_names(None) == list(BASE_RUNS) and set(BASE_RUNS) < set(RUNS)
     assert run_names(["bm25,dense", "hybrid", "bm25"]) == ["bm25", "dense", "hybrid"]
+    assert run_names("hybrid+late,hybrid+rerank-llm,hybrid+rerank-ce") == ["hybrid+late", "hybrid+rerank-llm",
+                                                                           "hybrid+rerank-ce"]
+    assert RUNS["hybrid+late+rerank-llm"].late and RUNS["hybrid+late+rerank-llm"].rerank == "llm"
     assert DEFAULT_RUN in RUNS
     with pytest.raises(ValueError):
         run_names("bm25,colbert")
@@ -135,7 +138,7 @@ def test_evaluate_retrieval_scores_every_run(toy_kb):
     rep = evaluate_retrieval(kb, ds)
     out = rep.to_json()
     assert (out["dataset"], out["split"], out["n_queries"], out["best"]) == ("toy", "train", 3, DEFAULT_RUN)
-    assert set(out["runs"]) == set(RUNS)
+    assert set(out["runs"]) == set(BASE_RUNS)
     for name, r in out["runs"].items():
         assert set(r) == {*METRICS, "p50_ms", "p95_ms"}
         assert all(0.0 <= r[m] <= 1.0 for m in METRICS)
@@ -145,3 +148,19 @@ def test_evaluate_retrieval_scores_every_run(toy_kb):
     assert out["runs"]["hybrid"]["hit@1"] == 1.0  # each claim names its abstract's words
     limited = evaluate_retrieval(kb, ds, runs=["bm25"], limit=1)
     assert limited.n_queries == 1 and list(limited.runs) == ["bm25"]
+
+
+def test_evaluate_retrieval_with_a_late_stage(toy_kb):
+    """``hybrid+late`` with no late-interaction model configured: MiniLM's own token vectors."""
+    kb, ds = toy_kb
+    ingest_corpus(kb, ds)
+    rep = evaluate_retrieval(kb, ds, runs=["hybrid-minmax", "hybrid+late"], late_top=5)
+    late = rep.runs["hybrid+late"]
+    assert {"bm25", "dense", "fusion", "late", "hydrate", "total"} <= set(late.stage_ms)
+    assert "late" not in rep.runs["hybrid-minmax"].stage_ms
+    assert all(a <= b for a, b in late.stage_ms.values())
+    assert late.metrics["recall@100"] == 1.0
+    # only the top 5 were re-scored: the rest of each ranking is the fused order
+    base = rep.runs["hybrid-minmax"].run
+    for q, ranked in late.run.items():
+        assert ranked[5:] == base[q][5:] and set(ranked[:5]) == set(base[q][:5])

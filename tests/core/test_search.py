@@ -212,3 +212,76 @@ def test_cjk_queries_skip_an_english_only_embedder(kb):
     assert all({s.stage for s in h.stages} == {"bm25"} for h in hits)
     dense_only = search(kb.store, kb.embedder, "老年人骨折的风险", k=3, stages=("dense",))
     assert dense_only and all({s.stage for s in h.stages} == {"dense"} for h in dense_only)
+
+
+# ----------------------------------------------------------------------------- second stages: late, rerank
+
+
+class _LengthReranker:
+    """Scores a passage by its length: a stand-in that makes the expected order obvious. The
+    plumbing (head size, blending, StageScore, timings) does not care which model scores."""
+
+    name = "rerank-ce"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def score(self, query, passages, *, cancel=None):
+        import numpy as np
+
+        self.calls.append(len(passages))
+        return np.array([float(len(p)) for p in passages])
+
+
+def test_rerank_stage_reorders_the_head_with_its_own_score_and_timing(kb):
+    q = "vitamin D supplementation and bone fractures"
+    plain = search(kb.store, kb.embedder, q, k=30)
+    rr = _LengthReranker()
+    timings: dict = {}
+    hits = search(kb.store, kb.embedder, q, k=30, reranker=rr, rerank_top=8, timings=timings)
+    assert rr.calls == [8]
+    head = hits[:8]
+    assert {h.chunk_id for h in head} == {h.chunk_id for h in plain[:8]}  # the same 8, re-ordered
+    assert [len(h.text) for h in head] == sorted((len(h.text) for h in head), reverse=True)
+    assert all(h.stage("rerank-ce").score == float(len(h.text)) for h in head)
+    assert all(h.stage("rerank-ce") is None for h in hits[8:])
+    assert [h.chunk_id for h in hits[8:]] == [h.chunk_id for h in plain[8:]]  # the tail keeps its order
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert {"bm25", "dense", "fusion", "rerank-ce", "hydrate", "total"} <= set(timings)
+    assert timings["total"] >= timings["rerank-ce"] >= 0
+    # a weight of 0 keeps the fused order but still reports the stage's scores
+    kept = search(kb.store, kb.embedder, q, k=30, reranker=rr, rerank_top=8, rerank_weight=0.0)
+    assert [h.chunk_id for h in kept] == [h.chunk_id for h in plain]
+    assert kept[0].stage("rerank-ce") is not None
+
+
+def test_late_stage_with_minilm_token_vectors(kb):
+    from core.search.late_interaction import EmbedderTokens, LateInteraction, maxsim
+
+    q = "vitamin D and bone density in the trial"
+    late = LateInteraction(EmbedderTokens(kb.embedder))
+    timings: dict = {}
+    hits = search(kb.store, kb.embedder, q, k=10, late=late, late_top=10, late_weight=1.0, timings=timings)
+    assert "late" in timings and len(hits) == 10
+    qv = kb.embedder.encode([q], tokens=True).tokens[0].vectors
+    # the ten passages in one encode call, as the stage does (int8 MiniLM scales activations per batch)
+    docs = kb.embedder.encode([h.text for h in hits], tokens=True).tokens
+    want = {h.chunk_id: maxsim(qv, d.vectors) for h, d in zip(hits, docs)}
+    late_scores = [h.stage("late").score for h in hits]
+    assert late_scores == sorted(late_scores, reverse=True)  # weight 1: MaxSim alone orders the head
+    for h in hits:
+        assert h.stage("late").score == pytest.approx(want[h.chunk_id], abs=1e-4)
+
+
+def test_deleted_document_is_gone_from_the_second_stages_too(kb):
+    text = "Axolotls regrow whole limbs after amputation, unlike adult mammals."
+    _add_paged(kb, "/docs/axolotl.pdf", "pdf", [text])
+    q = "axolotl limb regrowth after amputation"
+    from core.search.late_interaction import EmbedderTokens, LateInteraction
+
+    late = LateInteraction(EmbedderTokens(kb.embedder))
+    assert "axolotl.pdf" in {h.name for h in search(kb.store, kb.embedder, q, k=100, late=late,
+                                                    reranker=_LengthReranker())}
+    assert kb.remove("/docs/axolotl.pdf")
+    hits = search(kb.store, kb.embedder, q, k=50, late=late, reranker=_LengthReranker())
+    assert "axolotl.pdf" not in {h.name for h in hits}
