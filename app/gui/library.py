@@ -356,6 +356,9 @@ class LibraryPanel(QWidget):
                                d.error or ("; ".join(d.warnings) if d.warnings else ""), int(d.id)))
         paths = {r.path for r in rows}
         rows += [r for p, r in self._failed_outside.items() if p not in paths]
+        if rows == self.rows:
+            return  # polled every 0.5 s during a job: most polls change nothing, and each Qt call
+            # from here waits for the GIL the ingest thread holds (a full re-render stalled ~50 ms)
         self.rows = rows
         self._render()
         self.listed.emit(rows)

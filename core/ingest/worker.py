@@ -19,7 +19,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -122,6 +122,12 @@ def _worker_main(conn: Connection, parser: Callable[..., ParsedDocument]) -> Non
             reply = ("err", job, "DamagedFile", path,
                      f"could not be parsed ({type(e).__name__}: {str(e).strip()})", None)
         try:
+            if reply[0] == "ok" and isinstance(reply[2], ParsedDocument) and reply[2].pages:
+                # Page by page: unpickling is one C call that holds the parent's GIL, and a whole
+                # document of word boxes took ~300 ms there, a visible stall of the GUI thread.
+                for page in reply[2].pages:
+                    conn.send(("page", job, page))
+                reply = ("ok", job, replace(reply[2], pages=()))
             conn.send(reply)
         except Exception as e:  # e.g. a result that cannot be pickled
             conn.send(("err", job, "DamagedFile", path, f"could not be parsed ({type(e).__name__}: {e})", None))
@@ -138,6 +144,8 @@ class _Job:
     sent_at: float = 0.0
     worker: "_Worker | None" = None
     result: ParsedDocument | IngestError | None = None
+    pages: list = field(default_factory=list)
+    """Pages received so far (the worker sends a document's pages one message each)."""
 
 
 class _Worker:
@@ -381,8 +389,12 @@ class ParsePool:
                     if progress is not None:
                         progress(msg[2])
                     continue
+                if kind == "page":
+                    job.pages.append(msg[2])
+                    continue
                 if kind == "ok":
-                    job.result = msg[2]
+                    job.result = replace(msg[2], pages=tuple(job.pages)) if job.pages else msg[2]
+                    job.pages = []
                 elif kind == "err":
                     _, _, cls_name, path, reason, fix = msg
                     job.result = _ERRORS.get(cls_name, DamagedFile)(path, reason, fix=fix)
