@@ -92,6 +92,7 @@ class LibraryPanel(QWidget):
         self._failed_outside: dict[str, DocRow] = {}
         self._queue: list[str] = []
         self._current_file = ""
+        self._current_ocr = False
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -248,6 +249,7 @@ class LibraryPanel(QWidget):
         p, inner = state.get("add"), state.get("inner")
         if inner is not None and inner.stage == "parse" and ": page " in inner.message:
             self._current_file = inner.message.split(": page ", 1)[0]
+            self._current_ocr = inner.message.endswith("(OCR)")
         if state.get("docs") is not None:
             self._set_docs(state["docs"])
         if p is not None:
@@ -279,6 +281,7 @@ class LibraryPanel(QWidget):
     def _job_done(self) -> None:
         self.job = None
         self._current_file = ""
+        self._current_ocr = False
         self._show_progress(False)
         self._update_buttons()
         self.job_ended.emit()
@@ -349,7 +352,7 @@ class LibraryPanel(QWidget):
         for d in docs:
             state = d.state
             if state == "queued" and self._current_file and d.name == self._current_file:
-                state = "parsing"
+                state = "ocr" if self._current_ocr else "parsing"
             if self.job is None and state in ("queued", "parsing", "embedding") and d.n_chunks == 0:
                 state = "queued"
             rows.append(DocRow(d.path, d.name, state, d.n_pages, d.n_tables, d.n_chunks,

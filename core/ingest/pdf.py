@@ -1050,8 +1050,9 @@ def parse_pdf(path: str | Path, *, ocr: bool = True, ocr_engine: OcrEngine | Non
                 except Exception:
                     pass
                 pages.append(ParsedPage(i + 1, w, h, "", ()))
-            report(progress, "parse", i + 1, limit, unit="pages", message=f"{name}: page {i + 1} of {limit}",
-                   started=started)
+            ocr_note = " (OCR)" if pages and pages[-1].ocr else ""
+            report(progress, "parse", i + 1, limit, unit="pages",
+                   message=f"{name}: page {i + 1} of {limit}{ocr_note}", started=started)
         if limit and failed == limit:
             raise DamagedFile(path, f"no page could be read ({first_error})")
         if opts.no_text_pages:

@@ -139,3 +139,12 @@ def test_blank_page_is_not_sent_to_ocr(tmp_path):
     parsed = parse_pdf(path)  # OCR on, but nothing is drawn: no engine is needed
     assert parsed.pages[0].text == "" and not parsed.pages[0].ocr
     assert parsed.warnings == ()
+
+
+def test_progress_says_which_pages_were_ocrd(tmp_path):
+    """The window shows a document as "ocr" (not "parsing") while its scanned pages are read."""
+    path = tmp_path / "scan.pdf"
+    _scanned_pdf(path).close()
+    seen: list[str] = []
+    parse_pdf(path, max_pages=1, ocr_dpi=150, progress=lambda p: seen.append(p.message))
+    assert seen and seen[-1].endswith("page 1 of 1 (OCR)"), seen
