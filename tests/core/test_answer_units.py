@@ -243,3 +243,13 @@ def test_sentences_that_address_the_model_are_withheld_from_the_prompt():
 def test_what_is_this_report_about_with_a_file_name_is_a_summary_question():
     assert wants_summary("What is this report 20071229X02007.pdf about?")
     assert not wants_summary("What is the weather about?")
+
+
+def test_cli_citation_lines():
+    from app.cli_ask import format_citation
+
+    c = Citation(n=2, kind="text", document="r.pdf", path="/r.pdf", doc_id=1, text="The pilot\nmisjudged it.", page=3)
+    assert format_citation(c) == "[2] r.pdf p.3: “The pilot misjudged it.”"
+    t = Citation(n=1, kind="table", document="a.csv", path="/a.csv", doc_id=2, text="x: 1", table="a",
+                 rows=(4, 9), columns=("x",))
+    assert format_citation(t) == "[1] a.csv, table a, row 4, 9 (x): “x: 1”"
