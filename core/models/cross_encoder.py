@@ -28,7 +28,7 @@ import numpy as np
 
 from core.errors import UnsupportedModel
 from core.jobs import CancelToken, ProgressFn, check
-from core.models.onnx_runtime import SessionInfo, create_session
+from core.models.onnx_runtime import SessionInfo, create_session, padded_feeds
 
 __all__ = ["CrossEncoder", "RankedPassage", "TASK"]
 
@@ -94,19 +94,7 @@ class CrossEncoder:
         self._lock = threading.Lock()
 
     def _logits(self, encodings) -> np.ndarray:
-        n = len(encodings)
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((n, width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        types = np.zeros((n, width), dtype=np.int64)
-        for i, e in enumerate(encodings):
-            L = len(e.ids)
-            ids[i, :L] = e.ids
-            mask[i, :L] = 1
-            types[i, :L] = e.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = types
+        feeds = padded_feeds(encodings, self.pad_id, self._input_names)
         with self._lock:
             (logits,) = self.session.run(["logits"], feeds)
         return logits.astype(np.float32, copy=False)

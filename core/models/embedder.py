@@ -20,7 +20,7 @@ import numpy as np
 
 from core.errors import UnsupportedModel
 from core.jobs import CancelToken, ProgressFn, check, report
-from core.models.onnx_runtime import SessionInfo, create_session
+from core.models.onnx_runtime import SessionInfo, create_session, padded_feeds
 
 __all__ = ["Encoded", "TokenVectors", "Embedder"]
 
@@ -98,19 +98,8 @@ class Embedder:
             self.tokenizer.enable_truncation(self.max_length)
 
     def _run(self, encodings) -> np.ndarray:
-        n = len(encodings)
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((n, width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        types = np.zeros((n, width), dtype=np.int64)
-        for i, e in enumerate(encodings):
-            L = len(e.ids)
-            ids[i, :L] = e.ids
-            mask[i, :L] = 1
-            types[i, :L] = e.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = types
+        feeds = padded_feeds(encodings, self.pad_id, self._input_names)
+        mask = feeds["attention_mask"]
         with self._lock:
             (hidden,) = self.session.run(["last_hidden_state"], feeds)
         return hidden.astype(np.float32, copy=False), mask

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import ModelError
 
-__all__ = ["SessionInfo", "create_session", "fp16_variant", "PRECISIONS"]
+__all__ = ["SessionInfo", "create_session", "fp16_variant", "padded_feeds", "PRECISIONS"]
 
 PRECISIONS = ("auto", "fp32", "int8")
 """``auto``: fp16 on CUDA; on CPU int8 when the caller says the model is verified, else fp32.
@@ -119,3 +119,24 @@ def create_session(model: Path, *, device: str = "auto", model_type: str | None 
         reason += "; fp32 as asked"
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return sess, SessionInfo("CPUExecutionProvider", "cpu", prec, str(path), reason)
+
+
+def padded_feeds(encodings, pad_id: int, input_names) -> dict:
+    """ONNX inputs for a batch of ``tokenizers`` encodings, padded to the longest member (not to
+    the model maximum); ``token_type_ids`` only when the model takes them."""
+    import numpy as np
+
+    n = len(encodings)
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    types = np.zeros((n, width), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        L = len(e.ids)
+        ids[i, :L] = e.ids
+        mask[i, :L] = 1
+        types[i, :L] = e.type_ids
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = types
+    return feeds
