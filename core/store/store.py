@@ -7,6 +7,10 @@ A knowledge base is a folder:
 ``vectors.json``  sidecar of the dense index, and the hnswlib graph file it names
                   (see ``core.store.vectors``).
 ``sift.lock``     held (``flock``) by the process that writes the folder.
+``ml/``           only with the multilingual model attached (``attach_multilingual``): the
+                  second dense index, over the chunks with CJK characters, embedded with
+                  multilingual-e5-small (``core.models.multilingual``); its vectors are stored in
+                  ``chunks.embedding_ml`` and the graph is checked against them on attach.
 ``token_vectors.json`` and ``tokvec-*.seg``  only with a late-interaction model configured: its
                   compressed per-token vectors (``core.store.token_vectors``), attached by the owner
                   as ``Store.token_vectors``; deletes reach them in ``_after_commit`` and they are
@@ -61,6 +65,7 @@ __all__ = ["Store", "DocumentRecord", "StoredChunk", "StoreCounts", "Consistency
            "LOCK_NAME", "InTransaction"]
 
 LOCK_NAME = "sift.lock"
+ML_FOLDER = "ml"
 EXACT_SEARCH_LIMIT = 4096
 """A filtered dense search over at most this many chunks is computed exactly from stored
 embeddings: hnswlib's filtered search wastes work (and may miss) when few labels pass."""
@@ -131,10 +136,15 @@ class StoreCounts:
     vectors: int
     """Live labels in the HNSW graph."""
     vectors_deleted: int
+    ml_chunks: int = 0
+    """Chunks with a stored multilingual embedding (``embedding_ml``)."""
+    ml_vectors: int | None = None
+    """Live labels in the multilingual graph; None when no multilingual model is attached."""
 
     @property
     def consistent(self) -> bool:
-        return self.chunks == self.fts == self.vectors and self.cjk_chunks == self.fts_cjk
+        ml_ok = self.ml_vectors is None or self.ml_vectors == self.ml_chunks
+        return self.chunks == self.fts == self.vectors and self.cjk_chunks == self.fts_cjk and ml_ok
 
 
 @dataclass(frozen=True)
@@ -250,6 +260,10 @@ class Store:
         self.token_vectors = None
         """A ``core.store.token_vectors.TokenVectorStore`` the owner attaches when a late-interaction
         model is configured: deletes reach it here, and it is saved with the graph."""
+        self._ml: VectorIndex | None = None  # the multilingual graph, once attached
+        self.ml_model_id: str | None = None
+        self.ml_dim = 0
+        self._ml_dirty = False
 
     # -------------------------------------------------------------- open / close
 
@@ -287,7 +301,8 @@ class Store:
             if self._closed:
                 return
             try:
-                if self._dirty or (self.token_vectors is not None and self.token_vectors.dirty):
+                if (self._dirty or self._ml_dirty
+                        or (self.token_vectors is not None and self.token_vectors.dirty)):
                     self.save_index()
             finally:
                 self._closed = True
@@ -336,10 +351,28 @@ class Store:
     def _generation(self) -> int:
         return int(get_meta(self.db, "generation", "0") or 0)
 
-    def _after_commit(self, removed: Sequence[int], added: Sequence[int], vectors: np.ndarray | None) -> None:
-        """Bring the graph up to the committed database, then save it unless in bulk mode."""
+    def _ml_generation(self) -> int:
+        """What the multilingual graph's sidecar is compared with: it changes with every write
+        that changes the chunks (``generation``) or only their multilingual vectors."""
+        return self._generation() + int(get_meta(self.db, "ml_generation", "0") or 0)
+
+    def _bump_ml_generation(self) -> None:
+        set_meta(self.db, "ml_generation", str(int(get_meta(self.db, "ml_generation", "0") or 0) + 1))
+
+    def _after_commit(self, removed: Sequence[int], added: Sequence[int], vectors: np.ndarray | None,
+                      ml_added: Sequence[int] = (), ml_vectors: np.ndarray | None = None) -> None:
+        """Bring the graphs up to the committed database, then save them unless in bulk mode."""
         if removed and self.token_vectors is not None:
             self.token_vectors.delete(removed)
+        if self._ml is not None and (removed or len(ml_added)):
+            try:
+                if removed:
+                    self._ml.delete(removed)
+                if len(ml_added):
+                    self._ml.add(ml_added, ml_vectors)
+            except Exception:
+                self._ml = self._build_ml_index()
+            self._ml_dirty = True
         try:
             if removed:
                 self._index.delete(removed)
@@ -364,6 +397,18 @@ class Store:
                                  fix="check the disk has free space; the index is repaired on next open") from e
             self._dirty = False
             self._save_token_vectors()
+            self._save_ml()
+
+    def _save_ml(self) -> None:
+        if self._ml is None or not self._ml_dirty:
+            return
+        try:
+            (self.folder / ML_FOLDER).mkdir(exist_ok=True)
+            self._ml.save(self.folder / ML_FOLDER, generation=self._ml_generation())
+        except OSError as e:
+            raise StoreError(f"cannot save the multilingual vector index in {self.folder}: {e}",
+                             fix="check the disk has free space; the index is repaired on next open") from e
+        self._ml_dirty = False
 
     # -------------------------------------------------------------- token vectors (late interaction)
 
@@ -399,7 +444,7 @@ class Store:
         finally:
             with self._lock:
                 self._bulk -= 1
-                if not self._bulk and self._dirty and not self._closed:
+                if not self._bulk and (self._dirty or self._ml_dirty) and not self._closed:
                     self.save_index()
 
     # -------------------------------------------------------------- documents
@@ -433,7 +478,8 @@ class Store:
 
     def add_document(self, parsed: ParsedDocument, chunks: Sequence[Chunk], embeddings: np.ndarray, *,
                      path: str, sha256: str, size: int, mtime: float,
-                     in_transaction: InTransaction | None = None) -> DocId:
+                     in_transaction: InTransaction | None = None,
+                     ml_embeddings: Mapping[int, np.ndarray] | None = None) -> DocId:
         """Store a parsed document, its chunks and their embeddings; return its id.
 
         Document, pages, chunks and FTS rows are written in one transaction (with
@@ -441,8 +487,10 @@ class Store:
         updated and saved. A
         queued/failed record at ``path`` (from ``register``) becomes this document and keeps
         its id; a ready document at ``path`` must go through ``replace_document``.
+        ``ml_embeddings`` maps a chunk's position in ``chunks`` to its multilingual vector.
         """
         vecs = self._check_embeddings(chunks, embeddings)
+        ml = self._check_ml(chunks, ml_embeddings)
         with self._lock:
             with self._write(chunks_change=True) as conn:
                 row = conn.execute("SELECT id, state FROM documents WHERE path = ?", (path,)).fetchone()
@@ -457,19 +505,21 @@ class Store:
                 else:
                     old = []
                 doc_id, ids = self._insert(conn, parsed, chunks, vecs, path=path, sha256=sha256, size=size,
-                                           mtime=mtime, doc_id=reuse, in_transaction=in_transaction)
-            self._after_commit(old, ids, vecs)
+                                           mtime=mtime, doc_id=reuse, in_transaction=in_transaction, ml=ml)
+            self._after_commit(old, ids, vecs, *self._ml_added(ids, ml))
             return doc_id
 
     def replace_document(self, old_doc_id: DocId, parsed: ParsedDocument, chunks: Sequence[Chunk],
                          embeddings: np.ndarray, *, path: str, sha256: str, size: int, mtime: float,
-                         in_transaction: InTransaction | None = None) -> DocId:
+                         in_transaction: InTransaction | None = None,
+                         ml_embeddings: Mapping[int, np.ndarray] | None = None) -> DocId:
         """Swap a document for its new version in one transaction; return the new id.
 
         The old version leaves every index (rows, FTS, then the graph) in the same
         transaction that adds the new one, so a search never sees both or neither.
         """
         vecs = self._check_embeddings(chunks, embeddings)
+        ml = self._check_ml(chunks, ml_embeddings)
         with self._lock:
             with self._write(chunks_change=True) as conn:
                 if conn.execute("SELECT 1 FROM documents WHERE id = ?", (old_doc_id,)).fetchone() is None:
@@ -483,8 +533,8 @@ class Store:
                     old += self._chunk_ids(conn, other[0])
                     conn.execute("DELETE FROM documents WHERE id = ?", (other[0],))
                 doc_id, ids = self._insert(conn, parsed, chunks, vecs, path=path, sha256=sha256, size=size,
-                                           mtime=mtime, doc_id=None, in_transaction=in_transaction)
-            self._after_commit(old, ids, vecs)
+                                           mtime=mtime, doc_id=None, in_transaction=in_transaction, ml=ml)
+            self._after_commit(old, ids, vecs, *self._ml_added(ids, ml))
             return doc_id
 
     def remove_document(self, doc_id: DocId, *, in_transaction: InTransaction | None = None) -> bool:
@@ -510,13 +560,33 @@ class Store:
             raise ValueError("embeddings contain NaN or infinity")
         return normalize(e)
 
+    def _check_ml(self, chunks: Sequence[Chunk], ml: Mapping[int, np.ndarray] | None) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for pos, v in (ml or {}).items():
+            if not 0 <= int(pos) < len(chunks):
+                raise ValueError(f"multilingual embedding for chunk {pos}, but there are {len(chunks)} chunks")
+            e = np.asarray(v, dtype=np.float32).reshape(-1)
+            if self.ml_dim and e.shape[0] != self.ml_dim:
+                raise ValueError(f"multilingual embeddings must have dim {self.ml_dim}, got {e.shape[0]}")
+            if not np.isfinite(e).all():
+                raise ValueError("multilingual embeddings contain NaN or infinity")
+            out[int(pos)] = normalize(e)[0]
+        return out
+
+    def _ml_added(self, ids: Sequence[int], ml: Mapping[int, np.ndarray]) -> tuple[list[int], np.ndarray | None]:
+        if not ml:
+            return [], None
+        pos = sorted(ml)
+        return [ids[p] for p in pos], np.stack([ml[p] for p in pos])
+
     @staticmethod
     def _chunk_ids(conn: sqlite3.Connection, doc_id: int) -> list[int]:
         return [r[0] for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
 
     def _insert(self, conn: sqlite3.Connection, parsed: ParsedDocument, chunks: Sequence[Chunk], vecs: np.ndarray,
                 *, path: str, sha256: str, size: int, mtime: float, doc_id: int | None,
-                in_transaction: InTransaction | None) -> tuple[DocId, list[int]]:
+                in_transaction: InTransaction | None,
+                ml: Mapping[int, np.ndarray] | None = None) -> tuple[DocId, list[int]]:
         n_tables = len(parsed.tables) + sum(len(p.tables) for p in parsed.pages)
         cur = conn.execute(
             "INSERT INTO documents (id, path, name, kind, sha256, size, mtime, added_at, state, error, n_pages, "
@@ -541,11 +611,12 @@ class Store:
             pages = [s.page for s in c.spans]
             cur = conn.execute(
                 "INSERT INTO chunks (doc_id, ord, kind, text, heading, spans, page_lo, page_hi, table_name, "
-                "row_ids, n_tokens, cjk, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "row_ids, n_tokens, cjk, embedding, embedding_ml) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (new_id, i, c.kind, c.text, c.heading or "", json.dumps([[s.page, s.start, s.end] for s in c.spans]),
                  min(pages) if pages else None, max(pages) if pages else None, rename.get(c.table, c.table),
                  json.dumps([int(r) for r in c.row_ids]), int(c.n_tokens),
-                 int(has_cjk(c.text) or has_cjk(c.heading or "")), _vec_blob(v)))
+                 int(has_cjk(c.text) or has_cjk(c.heading or "")), _vec_blob(v),
+                 _vec_blob(ml[i]) if ml and i in ml else None))
             ids.append(int(cur.lastrowid))
             fts_rows.append(FtsRow(ids[-1], c.text, c.heading or ""))
         fts_mod.index_chunks(conn, fts_rows)
@@ -603,15 +674,19 @@ class Store:
                 (doc_id,)).fetchall()
         return [_stored_chunk(r) for r in rows]
 
-    def get_embeddings(self, ids: Sequence[int]) -> np.ndarray:
+    def get_embeddings(self, ids: Sequence[int], *, column: str = "embedding") -> np.ndarray:
         """The stored (normalised) embeddings of these chunks, in the order asked; float32 [n, dim].
-        Raises KeyError for an unknown id."""
+        ``column="embedding_ml"`` reads the multilingual ones. Raises KeyError for an unknown id
+        (or, for the multilingual column, a chunk without one)."""
+        if column not in ("embedding", "embedding_ml"):
+            raise ValueError(f"unknown embedding column {column!r}")
+        dim = self.dim if column == "embedding" else self.ml_dim
         with self._lock:
             rows = self._read().execute(
-                "SELECT id, embedding FROM chunks WHERE id IN (SELECT value FROM json_each(?))",
+                f"SELECT id, {column} FROM chunks WHERE {column} IS NOT NULL AND id IN (SELECT value FROM json_each(?))",
                 (json.dumps([int(i) for i in ids]),)).fetchall()
         by_id = {r[0]: r[1] for r in rows}
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        out = np.zeros((len(ids), dim), dtype=np.float32)
         for j, i in enumerate(ids):
             out[j] = np.frombuffer(by_id[int(i)], dtype="<f4")
         return out
@@ -639,20 +714,36 @@ class Store:
     def search_dense(self, query_vec: np.ndarray, k: int, doc_ids: Sequence[int] | None = None, *,
                      where: ChunkFilter | None = None) -> list[tuple[ChunkId, float]]:
         """The ``k`` chunks nearest to ``query_vec`` by cosine, best first, within the filter."""
-        flt = _merge_filter(doc_ids, where)
+        return self._search_graph(self._index, "embedding", query_vec, k, _merge_filter(doc_ids, where))
+
+    @property
+    def has_multilingual(self) -> bool:
+        """True when a multilingual model is attached and its graph holds at least one chunk."""
+        return self._ml is not None and self._ml.count > 0
+
+    def search_dense_ml(self, query_vec: np.ndarray, k: int, *,
+                        where: ChunkFilter | None = None) -> list[tuple[ChunkId, float]]:
+        """As ``search_dense``, over the multilingual graph (chunks with CJK characters only)."""
+        if self._ml is None:
+            return []
+        return self._search_graph(self._ml, "embedding_ml", query_vec, k, where or ChunkFilter())
+
+    def _search_graph(self, index: VectorIndex, column: str, query_vec: np.ndarray, k: int,
+                      flt: ChunkFilter) -> list[tuple[ChunkId, float]]:
         with self._lock:
             conn = self._read()
             if flt.empty:
-                return [(ChunkId(c), s) for c, s in self._index.search(query_vec, k)]
+                return [(ChunkId(c), s) for c, s in index.search(query_vec, k)]
             cond, params = flt.sql("c")
-            allowed = [r[0] for r in conn.execute(f"SELECT c.id FROM chunks AS c WHERE {cond}", params)]
+            allowed = [r[0] for r in conn.execute(
+                f"SELECT c.id FROM chunks AS c WHERE {cond} AND c.{column} IS NOT NULL", params)]
             if not allowed or k <= 0:
                 return []
             if len(allowed) > EXACT_SEARCH_LIMIT:
                 ok = set(allowed)
                 return [(ChunkId(c), s) for c, s in
-                        self._index.search(query_vec, min(k, len(ok)), filter=ok.__contains__)]
-            mat = self.get_embeddings(allowed)
+                        index.search(query_vec, min(k, len(ok)), filter=ok.__contains__)]
+            mat = self.get_embeddings(allowed, column=column)
         q = normalize(query_vec)[0]
         sims = mat @ q
         order = np.argsort(-sims, kind="stable")[:k]
@@ -668,7 +759,9 @@ class Store:
             chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
             cjk = conn.execute("SELECT count(*) FROM chunks WHERE cjk = 1").fetchone()[0]
             latin, fts_cjk = fts_mod.fts_counts(conn)
-            return StoreCounts(docs, chunks, cjk, latin, fts_cjk, self._index.count, self._index.deleted)
+            ml = conn.execute("SELECT count(*) FROM chunks WHERE embedding_ml IS NOT NULL").fetchone()[0]
+            return StoreCounts(docs, chunks, cjk, latin, fts_cjk, self._index.count, self._index.deleted,
+                               ml, self._ml.count if self._ml is not None else None)
 
     def check_consistency(self) -> ConsistencyReport:
         """Make the FTS indexes and the graph agree with the database; say what was done.
@@ -747,6 +840,100 @@ class Store:
         self._index = self._build_index()
         self._dirty = True
 
+    # -------------------------------------------------------------- the multilingual graph
+
+    def attach_multilingual(self, *, dim: int, model_id: str) -> ConsistencyReport:
+        """Open (or build) the multilingual graph in ``ml/`` and make it agree with
+        ``chunks.embedding_ml``. Vectors stored by another model are dropped (the owner then
+        re-embeds the CJK chunks, see ``chunks_missing_ml``)."""
+        with self._lock:
+            self.ml_dim, self.ml_model_id = int(dim), model_id
+            if get_meta(self.db, "ml_model") != model_id or get_meta(self.db, "ml_dim") != str(dim):
+                with self._write() as conn:
+                    conn.execute("UPDATE chunks SET embedding_ml = NULL WHERE embedding_ml IS NOT NULL")
+                    set_meta(self.db, "ml_model", model_id)
+                    set_meta(self.db, "ml_dim", str(dim))
+                    self._bump_ml_generation()
+            folder = self.folder / ML_FOLDER
+            try:
+                index, info = VectorIndex.load(folder, ef=self.ef)
+                if info.dim != self.ml_dim or info.model_id != model_id:
+                    raise IndexFileError(f"index built for {info.model_id} (dim {info.dim})")
+            except IndexFileError as e:
+                self._ml = self._build_ml_index()
+                self._ml_dirty = True
+                self._save_ml()
+                return ConsistencyReport(False, "rebuilt" if read_info(folder) else "created", reason=str(e))
+            n_db = self._read().execute("SELECT count(*) FROM chunks WHERE embedding_ml IS NOT NULL").fetchone()[0]
+            if (info.generation, info.count) == (self._ml_generation(), n_db):
+                self._ml = index
+                remove_stale_files(folder, keep=info.file)
+                return ConsistencyReport(False, "ok")
+            # Behind the database: diff the labels (the graph's label list includes deleted ones,
+            # and marking one deleted again is a no-op).
+            db_ids = {r[0] for r in self._read().execute("SELECT id FROM chunks WHERE embedding_ml IS NOT NULL")}
+            labels = index.labels()
+            removed = index.delete(labels - db_ids)
+            missing = sorted(db_ids - labels)
+            for start in range(0, len(missing), 2048):
+                part = missing[start:start + 2048]
+                index.add(part, self.get_embeddings(part, column="embedding_ml"))
+            self._ml, self._ml_dirty = index, True
+            if index.count != len(db_ids) or index.deleted > max(COMPACT_MIN_DELETED, index.count):
+                self._ml = self._build_ml_index()
+            self._save_ml()
+            return ConsistencyReport(False, "repaired", added=len(missing), removed=removed,
+                                     reason=f"multilingual graph held {len(labels)} chunks, database {len(db_ids)}")
+
+    def _build_ml_index(self, *, cancel: CancelToken | None = None) -> VectorIndex:
+        conn = self._read()
+        rows = conn.execute("SELECT count(*) FROM chunks WHERE embedding_ml IS NOT NULL").fetchone()[0]
+        index = VectorIndex(self.ml_dim, model_id=self.ml_model_id or "", ef=self.ef, capacity=max(1024, rows))
+        last = -1
+        while True:
+            check(cancel)
+            part = conn.execute("SELECT id, embedding_ml FROM chunks WHERE embedding_ml IS NOT NULL AND id > ? "
+                                "ORDER BY id LIMIT 4096", (last,)).fetchall()
+            if not part:
+                return index
+            last = part[-1][0]
+            index.add([r[0] for r in part],
+                      np.frombuffer(b"".join(r[1] for r in part), dtype="<f4").reshape(len(part), self.ml_dim))
+
+    def chunks_missing_ml(self, *, limit: int = 256) -> list[StoredChunk]:
+        """Up to ``limit`` chunks with CJK characters that have no multilingual vector yet."""
+        with self._lock:
+            rows = self._read().execute(
+                "SELECT " + ", ".join(_CHUNK_COLS) + " FROM chunks WHERE cjk = 1 AND embedding_ml IS NULL "
+                "ORDER BY id LIMIT ?", (int(limit),)).fetchall()
+        return [_stored_chunk(r) for r in rows]
+
+    def set_ml_embeddings(self, ids: Sequence[int], vectors: np.ndarray) -> int:
+        """Store multilingual vectors for existing chunks that have none (gone ones and ones
+        already embedded are skipped); returns how many were stored. Needs
+        ``attach_multilingual`` first."""
+        if self._ml is None:
+            raise StoreError(f"no multilingual model is attached to {self.folder}")
+        vecs = normalize(np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.ml_dim))
+        with self._lock:
+            with self._write() as conn:
+                done: list[int] = []
+                keep: list[int] = []
+                for i, (cid, v) in enumerate(zip(ids, vecs)):
+                    cur = conn.execute("UPDATE chunks SET embedding_ml = ? WHERE id = ? AND embedding_ml IS NULL",
+                                       (_vec_blob(v), int(cid)))
+                    if cur.rowcount:
+                        done.append(int(cid))
+                        keep.append(i)
+                if done:
+                    self._bump_ml_generation()
+            if done:
+                self._ml.add(done, vecs[keep])
+                self._ml_dirty = True
+                if not self._bulk:
+                    self._save_ml()
+            return len(done)
+
     def reindex(self, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> StoreCounts:
         """Rebuild both FTS indexes and the graph from the database alone.
 
@@ -761,6 +948,9 @@ class Store:
             report(progress, "fts", 1, 1, unit="steps")
             self._index = self._build_index(progress=progress, cancel=cancel)
             self._dirty = True
+            if self._ml is not None:
+                self._ml = self._build_ml_index(cancel=cancel)
+                self._ml_dirty = True
             self.save_index()
             return self.counts()
 
