@@ -360,26 +360,44 @@ class LibraryPanel(QWidget):
         paths = {r.path for r in rows}
         rows += [r for p, r in self._failed_outside.items() if p not in paths]
         if rows == self.rows:
-            return  # polled every 0.5 s during a job: most polls change nothing, and each Qt call
-            # from here waits for the GIL the ingest thread holds (a full re-render stalled ~50 ms)
-        self.rows = rows
-        self._render()
+            return  # polled every 0.5 s during a job: most polls change nothing
+        old, self.rows = self.rows, rows
+        self._render(old)
         self.listed.emit(rows)
 
-    def _render(self) -> None:
-        self.table.setRowCount(len(self.rows))
+    def _render(self, old: list[DocRow] | None = None) -> None:
+        """Show ``self.rows``, touching only the rows that differ from ``old``.
+
+        During ingestion every Qt call from here gives up the GIL and waits for the ingest
+        thread to hand it back (up to the 1 ms switch interval): re-rendering all rows of a
+        library on each document's state change was a stall of ~100 ms and more."""
+        old = old or []
+        if self.table.rowCount() != len(self.rows):
+            self.table.setRowCount(len(self.rows))
         for i, r in enumerate(self.rows):
+            if i < len(old) and old[i] == r and self.table.item(i, 0) is not None:
+                continue
+            prev = old[i] if i < len(old) and self.table.item(i, 0) is not None else None
             vals = (r.name, r.state, str(r.pages or ""), str(r.tables or ""), str(r.chunks or ""), r.reason)
+            tip = r.path + (f"\n{r.reason}" if r.reason else "")
+            pvals = ((prev.name, prev.state, str(prev.pages or ""), str(prev.tables or ""), str(prev.chunks or ""),
+                      prev.reason) if prev is not None else None)
+            same_tip = prev is not None and prev.path == r.path and prev.reason == r.reason
             for c, v in enumerate(vals):
+                if pvals is not None and pvals[c] == v and same_tip:
+                    continue
                 it = QTableWidgetItem(v)
-                it.setToolTip(r.path + (f"\n{r.reason}" if r.reason else ""))
+                it.setToolTip(tip)
                 if c == 1 and r.state in STATE_COLORS:
                     it.setForeground(STATE_COLORS[r.state])
                 if c in (2, 3, 4):
                     it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, c, it)
-        self.table.setColumnHidden(len(COLUMNS) - 1, not any(r.reason for r in self.rows))
-        self.empty_label.setVisible(not self.rows)
+        hide_reason = not any(r.reason for r in self.rows)
+        if self.table.isColumnHidden(len(COLUMNS) - 1) != hide_reason:
+            self.table.setColumnHidden(len(COLUMNS) - 1, hide_reason)
+        if self.empty_label.isVisible() == bool(self.rows) or not old:
+            self.empty_label.setVisible(not self.rows)
         self._update_buttons()
 
     def row_for(self, name: str) -> DocRow | None:

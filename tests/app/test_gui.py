@@ -1,6 +1,7 @@
 """The desktop window, offscreen, on real files and real models. Waits on signals, never sleeps."""
 from __future__ import annotations
 
+import faulthandler
 import shutil
 import time
 from pathlib import Path
@@ -164,24 +165,35 @@ def test_the_gui_thread_stays_responsive_during_ingestion(qtbot, data_dir, tmp_p
     w = open_window(qtbot, data_dir / "kbs" / "Busy")
     folder = _many_pdfs(eval_dir, tmp_path, n=8)
     ticks: list[float] = []
+    # faulthandler's watchdog runs without the GIL: when a tick is 100 ms late it writes every
+    # thread's stack, so a failure says what held the GUI thread up.
+    stacks = tmp_path / "stall-stacks.txt"
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        faulthandler.dump_traceback_later(0.1, file=stack_file)
+
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
-    with qtbot.waitSignal(w.library.add_finished, timeout=ADD_TIMEOUT) as blocker:
-        w.add_paths([folder])
-        timer.start()
-    timer.stop()
+    timer.timeout.connect(tick)
+    with open(stacks, "w") as stack_file:
+        try:
+            with qtbot.waitSignal(w.library.add_finished, timeout=ADD_TIMEOUT) as blocker:
+                w.add_paths([folder])
+                timer.start()
+        finally:
+            timer.stop()
+            faulthandler.cancel_dump_traceback_later()
     rep = blocker.args[0]
     assert len(rep.by_status("added")) >= 4, rep.summary()
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     assert len(ticks) > 20
     print(f"\nGUI timer during ingestion: {len(ticks)} ticks over {ticks[-1] - ticks[0]:.1f}s, "
           f"max gap {max(gaps) * 1000:.0f} ms, ingestion: {rep.summary()}")
-    # The 100 ms budget holds for all but the rarest tick; on a fresh checkout a single stall of up to
-    # ~140 ms was seen once (not reproduced on re-runs), so the worst case is bounded separately.
+    where = "; the threads then:\n" + stacks.read_text()[-6000:]
     p99 = sorted(gaps)[int(0.99 * (len(gaps) - 1))]
-    assert p99 < 0.1, f"1% of timer intervals exceeded {p99 * 1000:.0f} ms"
-    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps) * 1000:.0f} ms"
+    assert p99 < 0.1, f"1% of timer intervals exceeded {p99 * 1000:.0f} ms{where}"
+    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps) * 1000:.0f} ms{where}"
 
 
 # ---------------------------------------------------------------------------------------------- evidence
