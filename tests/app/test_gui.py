@@ -297,3 +297,29 @@ def test_remove_and_reindex_from_the_library(qtbot, demo_copy):
     counts = w.kb.counts()
     assert counts.consistent and counts.chunks == sum(r.chunks for r in w.library.rows)
     assert any(t.startswith("Re-indexed") for t in w.messages.texts())
+
+
+def test_a_state_change_rewrites_only_the_row_that_changed(qtbot, demo_copy):
+    """Each Qt call waits for the GIL while a document is ingested, so the library updates only
+    the cells that changed rather than re-rendering every row."""
+    import dataclasses
+
+    w = open_window(qtbot, demo_copy)
+    lib = w.library
+    docs = w.kb.list()
+    assert len(lib.rows) == len(docs) >= 3
+    marked = []
+    for r in range(len(lib.rows)):
+        for c in range(lib.table.columnCount()):
+            it = lib.table.item(r, c)
+            if it is not None:
+                it.setData(Qt.ItemDataRole.UserRole, "kept")
+                marked.append((r, c))
+    changed = dataclasses.replace(docs[1], state="failed", error="cannot read: damaged")
+    lib._set_docs([docs[0], changed, *docs[2:]])
+    assert lib.table.item(1, 1).text() == "failed" and lib.rows[1].reason == "cannot read: damaged"
+    assert not lib.table.isColumnHidden(lib.table.columnCount() - 1)  # the reason column appears
+    rewritten = {(r, c) for r, c in marked if lib.table.item(r, c).data(Qt.ItemDataRole.UserRole) != "kept"}
+    assert rewritten and all(r == 1 for r, _ in rewritten), rewritten
+    lib._set_docs(docs)
+    assert lib.table.item(1, 1).text() == "ready" and lib.table.isColumnHidden(lib.table.columnCount() - 1)
