@@ -89,7 +89,8 @@ def cmd_eval_pdfqa(args) -> int:
                              fix="use --retrieval-only to score the search hits")
         try:
             rep = evaluate_pdfqa(kb, questions, docs, limit=args.limit, retrieval_only=args.retrieval_only,
-                                 dataset=Path(args.questions).stem, progress=_progress(), cancel=cancel)
+                                 dataset=Path(args.questions).stem, progress=_progress(), cancel=cancel,
+                                 out=args.out)
         except KeyboardInterrupt:
             cancel.cancel()
             raise
@@ -142,4 +143,8 @@ def add_parsers(esub) -> None:
                     help="score the pages of the top search hits instead of asking the LLM")
     pq.add_argument("--parse-timeout", type=float, default=120.0, metavar="S",
                     help="seconds one file may take to parse before it is given up (default 120)")
+    pq.add_argument("--out", metavar="FILE.jsonl",
+                    help="also write one JSON line per question: the answer, its scores and (answer runs) "
+                    "what the answer path saw: hits, relevance gate, sources, the model's raw reply, "
+                    "each sentence's support and why it was declined")
     pq.set_defaults(fn=cmd_eval_pdfqa)

@@ -29,7 +29,7 @@ from core.answer.types import AnswerSentence, Citation
 from core.ingest.chunking import locate, span_rects, split_sentences
 from core.types import ChunkSpan, Rect
 
-__all__ = ["Source", "Candidate", "Alignment", "SUPPORT_THRESHOLD", "content_words", "split_answer",
+__all__ = ["Source", "Candidate", "Alignment", "SUPPORT_THRESHOLD", "claim_words", "content_words", "split_answer",
            "strip_markers", "with_markers", "candidates_of", "align_answer", "lexical_support"]
 
 SUPPORT_THRESHOLD = 0.5
@@ -52,6 +52,17 @@ that the their theirs them themselves then there these they this those through t
 was we were what when where which while who whom why will with would you your yours yourself yourselves
 according document documents source sources page answer question say says said per
 """.split())
+
+
+META_WORDS = frozenset("""
+text texts section sections titled mention mentions mentioned state states stated specifically specific
+provide provides provided present presents presented describe describes described list lists listed given
+information context passage passages excerpt excerpts first second third fourth fifth
+""".split())
+"""Words an answer uses to talk about its sources ("the text mentions", "presented in the section
+titled …"), not about the question: they are not claims to find in a source, so they are left out
+of an answer sentence's words (a source's words keep them). The ordinals are there for "described in
+the first source"."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ class Alignment:
     """The answer with its markers renumbered to ``citations``."""
     sentences: list[AnswerSentence] = field(default_factory=list)
     citations: list[Citation] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    """Per sentence, the score of its best candidate (0 for a made-up number or no candidate)."""
 
 
 # --------------------------------------------------------------------------- words
@@ -131,6 +144,16 @@ def content_words(text: str) -> dict[str, float]:
         is_num = bool(re.fullmatch(r"\d[\d.]*", w))
         out[w if is_num else _stem(w)] = 2.0 if is_num else 1.0
     return out
+
+
+_HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\n[ \t]*(\w)")
+"""A word hyphenated across a line break in PDF text ("ap-\nproaches"), joined for word matching."""
+_META_STEMS = frozenset(_stem(w) for w in META_WORDS)
+
+
+def claim_words(text: str) -> dict[str, float]:
+    """``content_words`` of an answer sentence without the words that refer to the sources."""
+    return {t: w for t, w in content_words(text).items() if t not in _META_STEMS}
 
 
 def lexical_support(claim: dict[str, float], evidence: dict[str, float]) -> float:
@@ -245,7 +268,7 @@ def align_answer(answer: str, sources: Sequence[Source], *, encode_tokens: Token
     if threshold is None:
         threshold = SUPPORT_THRESHOLD if encode_tokens is not None else LEXICAL_ONLY_THRESHOLD
     cands = [c for s in sources for c in candidates_of(s)]
-    cand_words = [content_words(c.text) for c in cands]
+    cand_words = [content_words(_HYPHEN_BREAK.sub(r"\1\2", c.text)) for c in cands]
     all_words = set().union(*cand_words) if cand_words else set()
     sent_spans = split_answer(answer)
     claims = [strip_markers(answer[a:b]) for a, b in sent_spans]
@@ -260,10 +283,11 @@ def align_answer(answer: str, sources: Sequence[Source], *, encode_tokens: Token
     out = Alignment(text="")
     parts: list[str] = []
     for i, (claim, hinted) in enumerate(claims):
-        words = content_words(claim)
+        words = claim_words(claim)
         if not words:  # "Yes." or a bare marker: nothing to check, nothing to cite
             parts.append(claim)
             out.sentences.append(AnswerSentence(claim, 0, 0, (), True))
+            out.best.append(0.0)
             continue
         # A number no source contains is made up, however well the rest of the sentence matches.
         invented = any(w >= 2.0 and t not in all_words for t, w in words.items())
@@ -278,6 +302,7 @@ def align_answer(answer: str, sources: Sequence[Source], *, encode_tokens: Token
                 s += 0.05  # the model's own marker breaks near-ties
             scored.append((s, lex, j))
         scored.sort(key=lambda t: (-t[0], t[2]))
+        out.best.append(scored[0][0] if scored else 0.0)
         chosen: list[tuple[float, int]] = []
         if scored and scored[0][0] >= threshold:
             best_s, _, bj = scored[0]

@@ -119,6 +119,28 @@ class QuestionResult:
     f1: float | None = None
     declined: bool = False
     ms: float = 0.0
+    trace: dict | None = None
+    """What the answer path saw and decided (``core.answer.ask.ask(trace=)``), answer runs only."""
+
+    def to_json(self) -> dict:
+        """One line of ``--out``: the question, the gold, Sift's answer, the scores and the trace,
+        with ``gold_in_sources`` (a short gold answer occurs in a source the model was shown) and
+        ``evidence_in_sources`` (a source the model was shown is gold evidence; None without any)."""
+        q = self.question
+        d = {"id": q.id, "question": q.question, "gold": list(q.gold_answers), "docs": list(q.gold_docs),
+             "page": q.page, "answer": self.answer, "declined": self.declined, "correct": self.correct,
+             "f1": None if self.f1 is None else round(self.f1, 4),
+             "evidence_hit": {str(k): v for k, v in self.evidence_hit.items()},
+             "doc_hit": {str(k): v for k, v in self.doc_hit.items()}, "ms": round(self.ms, 1)}
+        if self.trace is not None:
+            srcs = self.trace.get("sources") or []
+            items = [EvidenceItem(s["document"], tuple(s["pages"]), s["text"]) for s in srcs]
+            short = [g for g in q.gold_answers if is_short(g)]
+            d["gold_in_sources"] = [s["n"] for s in srcs if any(contains_text(s["text"], g) for g in short)]
+            d["evidence_in_sources"] = ([s["n"] for s, i in zip(srcs, items) if evidence_matches(i, q)]
+                                        if q.has_evidence else None)
+            d["trace"] = self.trace
+        return d
 
 
 @dataclass(frozen=True)
@@ -329,14 +351,15 @@ def _files(folder: Path) -> list[Path]:
 def evaluate_pdfqa(kb, questions: Sequence[PdfQuestion], docs: str | Path, *, limit: int | None = None,
                    retrieval_only: bool = False, dataset: str = "pdfqa", ks: Sequence[int] = (1, K),
                    options=None, progress: ProgressFn | None = None,
-                   cancel: CancelToken | None = None) -> PdfQaReport:
+                   cancel: CancelToken | None = None, out: str | Path | None = None) -> PdfQaReport:
     """Store the documents of ``docs`` in ``kb`` (a ``core.kb.KnowledgeBase``; unchanged files are
     skipped), then ask every question whose document is there (the first ``limit``) and score it.
     Only files of the kinds the gold documents are (``.pdf``) are stored, and search and answers
     are restricted to the folder's documents.
 
     ``retrieval_only`` scores ``kb.search`` hits instead of ``kb.ask`` citations; ``options`` is an
-    ``AskOptions`` for ``kb.ask``.
+    ``AskOptions`` for ``kb.ask``. ``out`` names a JSON-lines file that gets one line per question
+    as it is scored (``QuestionResult.to_json``; answer runs include the answer path's trace).
     """
     from core.eval.metrics import percentile
 
@@ -381,28 +404,57 @@ def evaluate_pdfqa(kb, questions: Sequence[PdfQuestion], docs: str | Path, *, li
     kb.embedder.encode(["warm-up"])  # keep the first ONNX allocation out of the latency
     results: list[QuestionResult] = []
     times: list[float] = []
+    cache = None
+    if not retrieval_only:
+        from core.answer.rewrite import RewriteCache
+
+        cache = RewriteCache(Path(kb.folder) / "rewrites.json")  # the file kb.ask keeps its rewrites in
+    sink = None
+    if out is not None:
+        out = Path(out).expanduser()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sink = open(out, "w", encoding="utf-8")
+        except OSError as e:
+            raise PdfQaError(f"{out}: cannot write the per-question results ({e.strerror or e})") from None
     t0 = time.monotonic()
-    for i, q in enumerate(usable):
-        check(cancel)
-        t = time.perf_counter()
-        if retrieval_only:
-            items = items_from_hits(kb.search(q.question, k=depth, filters=filters, cancel=cancel))
-            answer = None
-        else:
-            answer = kb.ask(q.question, options=options, cancel=cancel)
-            items = items_from_answer(answer)
-        ms = (time.perf_counter() - t) * 1000.0
-        times.append(ms)
-        ev, doc = score_evidence(items, q, ks)
-        if answer is None:
-            results.append(QuestionResult(q, ev, doc, ms=ms))
-        else:
-            declined = bool(answer.declined)
-            text = "" if declined else answer.text
-            correct = answer_correct(text, q.gold_answers)
-            results.append(QuestionResult(q, ev, doc, answer.text, correct, answer_f1(text, q.gold_answers),
-                                          declined, ms))
-        report(progress, "pdfqa", i + 1, len(usable), unit="questions", started=t0,
-               message=f"{sum(bool(r.evidence_hit.get(depth)) for r in results)} evidence hits")
+    try:
+        for i, q in enumerate(usable):
+            check(cancel)
+            results.append(_one(kb, q, filters, options, retrieval_only, ks, depth, cancel, cache))
+            times.append(results[-1].ms)
+            if sink is not None:
+                sink.write(json.dumps(results[-1].to_json(), ensure_ascii=False) + "\n")
+                sink.flush()
+            report(progress, "pdfqa", i + 1, len(usable), unit="questions", started=t0,
+                   message=f"{sum(bool(r.evidence_hit.get(depth)) for r in results)} evidence hits")
+    finally:
+        if sink is not None:
+            sink.close()
     return PdfQaReport(dataset, mode, tuple(results), skipped, len(rep.by_status("added")), ks,
                        percentile(times, 50), failures)
+
+
+def _one(kb, q: PdfQuestion, filters, options, retrieval_only: bool, ks, depth: int, cancel,
+         cache) -> QuestionResult:
+    """Ask (or search) one question and score it."""
+    t = time.perf_counter()
+    trace: dict | None = None
+    if retrieval_only:
+        items = items_from_hits(kb.search(q.question, k=depth, filters=filters, cancel=cancel))
+        answer = None
+    else:
+        from core.answer.ask import ask
+
+        # what kb.ask runs, with the answer path's trace
+        trace = {}
+        answer = ask(kb, q.question, options=options, cancel=cancel, rewrite_cache=cache, trace=trace)
+        items = items_from_answer(answer)
+    ms = (time.perf_counter() - t) * 1000.0
+    ev, doc = score_evidence(items, q, ks)
+    if answer is None:
+        return QuestionResult(q, ev, doc, ms=ms)
+    declined = bool(answer.declined)
+    text = "" if declined else answer.text
+    return QuestionResult(q, ev, doc, answer.text, answer_correct(text, q.gold_answers),
+                          answer_f1(text, q.gold_answers), declined, ms, trace)

@@ -68,6 +68,19 @@ def test_pdfqa_retrieval_only_json(ntsb, capsys):
     assert "evidence hit@1" in text and "(n=1)" in text and "answer accuracy" not in text
 
 
+def test_pdfqa_out_writes_one_line_per_question(ntsb, tmp_path, capsys):
+    kb, docs, q = ntsb
+    out = tmp_path / "sub" / "per_question.jsonl"
+    assert sift("--kb", str(kb), "eval", "pdfqa", str(q), "--docs", str(docs), "--retrieval-only", "--json",
+                "--out", str(out)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == summary["n"] == 1
+    (row,) = lines
+    assert row["question"].startswith("How old was the pilot") and row["gold"] == ["85"] and row["page"] == 1
+    assert row["evidence_hit"] == {"1": True, "5": True} and row["answer"] is None and "trace" not in row
+
+
 def test_pdfqa_errors_are_known(ntsb, tmp_path):
     kb, docs, q = ntsb
     with pytest.raises(KnownError, match="is not a folder"):

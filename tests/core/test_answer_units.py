@@ -180,6 +180,14 @@ def test_relevance_gate():
     assert not relevant("What is the capital of Peru?", [hit("Office of Human Capital", 0.16)])
     assert relevant("What was the probable cause?", [hit("The probable cause of this accident", 0.5)])
     assert relevant("accident NYC08CA055 cause", [hit("Accident Number: NYC08CA055 cause", 0.1)])
+    # CJK questions: the dense score is multilingual-e5's, which rates unrelated text ~0.85
+    q = "《跑跑卡丁车》是由哪家公司开发的？"
+    assert not relevant(q, [hit("莎莉公司拆分成两家公司", 0.86)])
+    assert relevant(q, [hit("与《泡泡堂》同类的游戏", 0.89)])
+    assert relevant(q, [hit("《跑跑卡丁车》是由韩国Nexon公司开发的游戏", 0.85)])  # shares the question's words
+    assert not relevant(q, [hit("《跑跑卡丁车》是由韩国Nexon公司开发的游戏", 0.80)])
+    no_dense = SimpleNamespace(text="基于《跑跑卡丁车》开发的游戏", stages=())
+    assert relevant(q, [no_dense])  # without a multilingual model, words alone decide
 
 
 class _FakeLLM:

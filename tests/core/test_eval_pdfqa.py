@@ -231,8 +231,19 @@ def test_answer_run_with_the_bundled_model(ntsb):
     if not hasattr(KnowledgeBase, "ask"):
         pytest.fail("KnowledgeBase.ask is missing")
     kb, docs, qfile = ntsb
-    rep = evaluate_pdfqa(kb, load_questions(qfile), docs, limit=1, dataset="ntsb")
+    out = docs.parent / "answers.jsonl"
+    rep = evaluate_pdfqa(kb, load_questions(qfile), docs, limit=1, dataset="ntsb", out=out)
     j = rep.to_json()
+    (row,) = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    t = row["trace"]  # why the answer came out as it did
+    assert t["gate"]["passed"] in (True, False) and t["hits"] and t["hits"][0]["document"] == "20071229X02007.pdf"
+    assert t["outcome"] in ("gate declined", "model declined", "empty reply", "said nothing", "nothing supported",
+                            "answered")
+    assert (t["outcome"] != "answered") == row["declined"]
+    if t["gate"]["passed"]:
+        assert t["reply"] is not None and t["sources"] and t["prompt_tokens"] > 0
+        assert row["gold_in_sources"] == [s["n"] for s in t["sources"] if contains_text(s["text"], "85")]
+        assert row["evidence_in_sources"]  # the gold page is among the sources
     assert (j["mode"], j["n"], j["n_short"]) == ("answer", 1, 1)
     r = rep.results[0]
     assert r.answer and r.f1 is not None

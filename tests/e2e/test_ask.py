@@ -13,7 +13,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from core.answer.ask import DECLINE_TEXT, EMPTY_KB_TEXT
+from core.answer.ask import DECLINE_TEXT, EMPTY_KB_TEXT, ask
 from core.answer.types import AskOptions
 from core.errors import Cancelled, KnownError
 from core.jobs import CancelToken
@@ -89,6 +89,10 @@ def test_known_answer_is_cited_with_rectangles_over_the_supporting_sentence(kb):
 def test_question_the_documents_cannot_answer_is_declined(kb):
     ans = kb.ask("What is the capital of Peru?")
     assert ans.declined and ans.text == DECLINE_TEXT and not ans.citations
+    trace: dict = {}
+    again = ask(kb, "What is the capital of Peru?", trace=trace)
+    assert again.declined and trace["outcome"] == "gate declined" and trace["gate"]["passed"] is False
+    assert trace["hits"] and "reply" not in trace  # declined before the model was asked
 
 
 def test_instructions_inside_a_document_are_not_obeyed(kb):
