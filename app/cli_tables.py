@@ -33,7 +33,8 @@ def cmd_eval_tables(args) -> int:
         rep = rescore(saved[:args.limit] if args.limit else saved, dataset=folder.resolve().name,
                       decimals=args.decimals)
         return _print(rep, args, f"saved outcomes {args.rescore}")
-    questions = load_questions(folder, limit=args.limit)  # fails early on a bad folder, before any model loads
+    # fails early on a bad folder, before any model loads
+    questions = load_questions(folder, limit=args.limit, offset=args.offset)
     kb_arg = getattr(args, "kb", None)
     kb_dir = Path(kb_arg).expanduser() if kb_arg else config.data_dir() / "eval" / f"tables-{folder.resolve().name}"
     cancel = CancelToken()
@@ -78,7 +79,9 @@ def add_parsers(esub) -> None:
                         "format: questions.tsv + csv/)")
     p.add_argument("folder", metavar="DIR", help="a folder with questions.tsv (id, utterance, context, targetValue) "
                    "and the CSV files it names")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    p.add_argument("--limit", type=int, metavar="N", help="only N questions (the first N after --offset)")
+    p.add_argument("--offset", type=int, default=0, metavar="K", help="skip the first K questions of "
+                   "questions.tsv (file order), e.g. --offset 200 --limit 200 for questions 201-400")
     p.add_argument("--json", action="store_true", help='print one JSON object: {"n":…, "accuracy":…, "p50_ms":…}')
     # SUPPRESS: without a value here, ``sift --kb DIR eval tables`` keeps the main parser's --kb
     p.add_argument("--kb", metavar="DIR", default=argparse.SUPPRESS,

@@ -80,8 +80,14 @@ def split_header(table: list[list[str]]) -> tuple[list[str], list[list[str]], li
     return header, body, captions
 
 
-def convert(src: str | Path, out: str | Path, *, paragraphs: bool = True, every: int = 1) -> int:
-    """Write the folder; ``every`` > 1 keeps every n-th question (a subset spread over all contexts)."""
+def convert(src: str | Path, out: str | Path, *, paragraphs: bool = True, every: int = 1,
+            answer_from: set[str] | None = None) -> int:
+    """Write the folder; ``every`` > 1 keeps every n-th question (a subset spread over all contexts);
+    ``answer_from`` keeps only questions whose evidence is one of these (``table``, ``table-text``,
+    ``text``), counted before ``every`` picks among them."""
+    known = {"table", "table-text", "text"}
+    if answer_from is not None and not answer_from <= known:
+        raise ValueError(f"answer_from must be among {', '.join(sorted(known))}, not {', '.join(sorted(answer_from))}")
     data = json.loads(Path(src).read_text(encoding="utf-8"))
     out = Path(out)
     (out / "csv").mkdir(parents=True, exist_ok=True)
@@ -108,6 +114,8 @@ def convert(src: str | Path, out: str | Path, *, paragraphs: bool = True, every:
                     w.writerow([p["order"], " ".join(p["text"].split())])
             contexts.append(text_path)
         for q in ctx["questions"]:
+            if answer_from is not None and q["answer_from"] not in answer_from:
+                continue
             k += 1
             if (k - 1) % every:
                 continue
@@ -123,8 +131,14 @@ def main() -> None:
     ap.add_argument("out", help="folder to write questions.tsv, csv/ and text/ to")
     ap.add_argument("--no-paragraphs", action="store_true", help="only the tables")
     ap.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th question (default: all)")
+    ap.add_argument("--answer-from", metavar="KINDS", help="keep only questions whose evidence is one of these, "
+                    "comma-separated: table, table-text, text (e.g. table,table-text for what one SELECT can answer)")
     args = ap.parse_args()
-    n = convert(args.src, args.out, paragraphs=not args.no_paragraphs, every=args.every)
+    kinds = {k.strip() for k in args.answer_from.split(",") if k.strip()} if args.answer_from else None
+    try:
+        n = convert(args.src, args.out, paragraphs=not args.no_paragraphs, every=args.every, answer_from=kinds)
+    except ValueError as e:
+        raise SystemExit(f"{args.src}: {e}")
     print(f"{n} questions written to {args.out}")
 
 

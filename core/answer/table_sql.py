@@ -3,16 +3,22 @@
 The path of a table question:
 
 1. ``table_context`` shows the model each table's ``CREATE TABLE`` (columns with their types,
-   the original header beside a column whose name differs) and a few rows: the first ones and
-   the rows that share the most words with the question, so the model sees the spelling of the
-   values it has to compare against.
+   the original header beside a column whose name differs, the values of a TEXT column that
+   holds few) and a few rows: the first ones and the rows that share the most words with the
+   question, so the model sees the spelling of the values it has to compare against. The
+   system prompt holds the rules and worked examples over a made-up table.
 2. The model writes one query; ``extract_sql`` takes it out of the reply (a fenced block, or
    the text from the first SELECT/WITH).
-3. ``validate_sql``: one statement, starting with SELECT or WITH. Then SQLite's authorizer,
-   on a connection opened ``mode=ro``, allows nothing but reading the tables the question may
-   use and calling functions: no writes, PRAGMA, ATTACH, or reads of Sift's own tables.
+3. ``validate_sql``: one statement, starting with SELECT or WITH; ``check_names``: a quoted
+   name that is no column (which SQLite would read as a string) is an error, or a string where
+   a value goes. Then SQLite's authorizer, on a connection opened ``mode=ro``, allows nothing
+   but reading the tables the question may use and calling functions: no writes, PRAGMA,
+   ATTACH, or reads of Sift's own tables.
 4. It runs with a time limit (a progress handler aborts it) and a row limit. A failure is
-   shown to the model once, with the error, for a second try.
+   shown to the model, with the error (and the real column names for an unknown column), for
+   another try. A result with nothing in it is first retried with text compared case-blind,
+   then as a substring (``relaxed_queries``), then shown to the model once. At most three
+   queries are written.
 5. The result is mapped back to source rows: the query is run again with ``row_num`` (or, for
    COUNT/SUM/AVG/GROUP BY, ``group_concat(row_num)``) appended to its select list, and that
    provenance is kept only when the rest of the result is unchanged. Otherwise result values
@@ -40,7 +46,7 @@ from core.store.sqltables import CATALOGUE, RAW_COLUMN, RECTS_COLUMN, ROW_ID, Sq
 __all__ = [
     "TableSqlError", "NoTables", "TableResult", "TableContext", "table_context", "ask_table", "extract_sql",
     "validate_sql", "run_select", "format_answer", "denotation", "format_value", "DEFAULT_TIME_LIMIT_MS",
-    "DEFAULT_MAX_ROWS", "table_citation",
+    "DEFAULT_MAX_ROWS", "table_citation", "check_names", "relaxed_queries",
 ]
 
 DEFAULT_TIME_LIMIT_MS = 2000
@@ -52,6 +58,8 @@ _SCAN_ROWS = 20_000
 """Rows read per table when choosing sample rows by word overlap."""
 _CELL_CHARS = 60
 """Sample cells longer than this are cut in the prompt."""
+_HINT_VALUES = 6
+"""A TEXT column with at most this many distinct values lists them in the schema."""
 
 _STOP = frozenset("""a an the of in on at to for from by with and or is are was were be been what which who whom
 whose when where how many much does did do has have had that this these those it its as than then there their
@@ -99,7 +107,7 @@ class TableResult:
     error: str | None = None
     """Why no answer came out (None when the query ran)."""
     attempts: tuple[str, ...] = ()
-    """Every query tried, in order (two when the first failed)."""
+    """Every query the model wrote, in order (more than one after a failure or an empty result)."""
     provenance: str = ""
     """How rows were mapped back: ``rowid``, ``argmax``, ``group``, ``lookup`` or ``none``."""
     timings: Mapping[str, float] = field(default_factory=dict)
@@ -192,9 +200,32 @@ def _same_name(header: str, column: str) -> bool:
     return re.sub(r"[^a-z0-9]", "", header.casefold()) == re.sub(r"[^a-z0-9]", "", column.casefold())
 
 
-def _schema(t: SqlTable) -> str:
+def _value_hints(conn: sqlite3.Connection, t: SqlTable) -> dict[str, list[str]]:
+    """TEXT columns with few distinct values (at most ``_HINT_VALUES``, repeated across rows):
+    column → its values, so the model copies their spelling instead of the question's."""
+    out: dict[str, list[str]] = {}
+    n = len(t.row_ids)
+    if n < 4:
+        return out
+    for c, typ in zip(t.columns, t.types):
+        if typ != "TEXT":
+            continue
+        vals = [v for (v,) in conn.execute(
+            f'SELECT "{c}" FROM "{t.name}" WHERE "{c}" IS NOT NULL GROUP BY "{c}" ORDER BY COUNT(*) DESC, '
+            f'MIN({ROW_ID}) LIMIT ?', [_HINT_VALUES + 1])]
+        if 1 < len(vals) <= _HINT_VALUES and len(vals) * 2 <= n and all(len(str(v)) <= 30 for v in vals):
+            out[c] = [str(v) for v in vals]
+    return out
+
+
+def _schema(t: SqlTable, hints: Mapping[str, Sequence[str]] | None = None) -> str:
+    hints = hints or {}
     parts = [(f"{ROW_ID} INTEGER PRIMARY KEY", f"row position 1..{len(t.row_ids)}")]
-    parts += [(f"{c} {typ}", "" if _same_name(h, c) else f'"{h}"') for c, typ, h in zip(t.columns, t.types, t.header)]
+    for c, typ, h in zip(t.columns, t.types, t.header):
+        notes = [] if _same_name(h, c) else [f'"{h}"']
+        if c in hints:
+            notes.append("values: " + ", ".join(_sql_literal(v) for v in hints[c]))
+        parts.append((f"{c} {typ}", "; ".join(notes)))
     lines = [f"  {d}{',' if i < len(parts) - 1 else ''}{f' -- {note}' if note else ''}"
              for i, (d, note) in enumerate(parts)]
     title = (f" -- {t.title}" + (f", page {t.page}" if t.page else "")) if t.title else ""
@@ -226,11 +257,11 @@ def _rows_text(conn: sqlite3.Connection, t: SqlTable, row_ids: Sequence[int]) ->
     return "\n".join("(" + ", ".join(_sql_literal(v) for v in r) + ")" for r in rows)
 
 
-def _table_block(conn, t: SqlTable, row_ids: Sequence[int]) -> str:
+def _table_block(conn, t: SqlTable, row_ids: Sequence[int], hints: Mapping[str, Sequence[str]] | None = None) -> str:
     body = _rows_text(conn, t, row_ids)
     n = len(row_ids)
     head = f"/* {n} of its {len(t.row_ids)} rows ({ROW_ID}, {', '.join(t.columns)}):\n" if n else ""
-    return _schema(t) + (f"\n{head}{body}\n*/" if n else "")
+    return _schema(t, hints) + (f"\n{head}{body}\n*/" if n else "")
 
 
 def _relevance(conn, t: SqlTable, question: str) -> int:
@@ -241,11 +272,12 @@ def _relevance(conn, t: SqlTable, question: str) -> int:
 
 def table_context(store, tables: Sequence[SqlTable | str] | None, question: str, *,
                   count_tokens: Callable[[str], int] | None = None, max_tokens: int = 1200, first_rows: int = 3,
-                  matched_rows: int = 4) -> TableContext:
+                  matched_rows: int = 4, value_hints: bool = True) -> TableContext:
     """Schemas and sample rows of ``tables`` (all catalogued tables when None) for ``question``.
 
     Each table shows its ``first_rows`` first rows and up to ``matched_rows`` rows sharing the
-    most words with the question. Tables are ordered by how much they share with the question;
+    most words with the question; with ``value_hints``, a TEXT column holding few distinct
+    values (e.g. "Home"/"Away") lists them beside its name. Tables are ordered by how much they share with the question;
     rows, then whole tables (least relevant first) are dropped until the text fits
     ``max_tokens`` as ``count_tokens`` counts (default: 4 characters a token). The most
     relevant table's schema is always kept.
@@ -260,10 +292,11 @@ def table_context(store, tables: Sequence[SqlTable | str] | None, question: str,
         if len(ts) > 1:
             ts = sorted(ts, key=lambda t: -_relevance(conn, t, question))
         chosen = {t.name: _choose_rows(conn, t, question, first=first_rows, matched=matched_rows) for t in ts}
+        hints = {t.name: _value_hints(conn, t) if value_hints else {} for t in ts}
         shown = list(ts)
 
         def render() -> str:
-            return "\n\n".join(_table_block(conn, t, chosen[t.name]) for t in shown)
+            return "\n\n".join(_table_block(conn, t, chosen[t.name], hints[t.name]) for t in shown)
 
         text = render()
         n = count(text)
@@ -586,23 +619,64 @@ def _display_rows(conn: sqlite3.Connection, t: SqlTable | None, run: _Run, row_m
     return out
 
 
-# --------------------------------------------------------------------------- asking
+# --------------------------------------------------------------------------- the prompt
 
 _SYSTEM = """You write one SQLite SELECT query that answers a question about the tables given.
-Rules: use only the tables and columns shown; filter only on what the question names, copying text \
-values as they appear in the rows (or compare with LIKE); row_num is the row's position in the table \
-(first row = 1); select only the column(s) that answer the question; reply with the query alone in a \
-```sql block.
+Rules:
+- Use only the tables and columns shown, spelled exactly as in CREATE TABLE.
+- Filter only on what the question names. Compare text with the spelling used in the rows or the \
+listed values (questions are often lower case: 'Oslo', not 'oslo'); when unsure use LIKE '%word%'.
+- Select the column that holds the answer: a name, a date or a number in a cell. Use COUNT(*) only \
+when the question asks how many rows/times/items there are; "how many people attended" is a cell value.
+- row_num is the row's position in the table (first row = 1): use it for first, last, next, before, after.
+- For "which/who ... most/least/highest/lowest" use ORDER BY the number column with LIMIT 1.
+- Reply with the query alone in a ```sql block.
 
-Example:
-CREATE TABLE t_9_medals (
-  row_num INTEGER PRIMARY KEY, -- row position 1..12
-  nation TEXT,
-  gold INTEGER
+Example table:
+CREATE TABLE t_7_tour ( -- tour
+  row_num INTEGER PRIMARY KEY, -- row position 1..24
+  date DATE,
+  city TEXT,
+  venue TEXT,
+  attendance INTEGER,
+  result TEXT -- values: 'Sold out', 'Cancelled', 'Open'
 );
-Question: how many nations won more than 2 gold medals?
+/* 2 of its 24 rows (row_num, date, city, venue, attendance, result):
+(1, '2009-03-02', 'Oslo', 'Spektrum', 8200, 'Sold out')
+(2, '2009-03-04', 'Stockholm', 'Globe Arena', 12500, 'Open')
+*/
+Examples of questions about it and the query to write:
+Question: what venue did they play in stockholm?
 ```sql
-SELECT COUNT(*) FROM t_9_medals WHERE gold > 2
+SELECT venue FROM t_7_tour WHERE city = 'Stockholm'
+```
+Question: how many people attended the show in oslo?
+```sql
+SELECT attendance FROM t_7_tour WHERE city = 'Oslo'
+```
+Question: how many shows were sold out?
+```sql
+SELECT COUNT(*) FROM t_7_tour WHERE result = 'Sold out'
+```
+Question: which city had the largest crowd?
+```sql
+SELECT city FROM t_7_tour ORDER BY attendance DESC LIMIT 1
+```
+Question: where did they play after oslo?
+```sql
+SELECT city FROM t_7_tour WHERE row_num = (SELECT row_num FROM t_7_tour WHERE city = 'Oslo') + 1
+```
+Question: what was the last city of the tour?
+```sql
+SELECT city FROM t_7_tour ORDER BY row_num DESC LIMIT 1
+```
+Question: which had more people, bergen or oslo?
+```sql
+SELECT city FROM t_7_tour WHERE city IN ('Bergen', 'Oslo') ORDER BY attendance DESC LIMIT 1
+```
+Question: how many more people came in oslo than in bergen?
+```sql
+SELECT (SELECT attendance FROM t_7_tour WHERE city = 'Oslo') - (SELECT attendance FROM t_7_tour WHERE city = 'Bergen')
 ```"""
 
 
@@ -613,17 +687,187 @@ def _messages(ctx: TableContext, question: str):
             ChatMessage("user", f"{ctx.text}\n\nQuestion: {question}")]
 
 
+# --------------------------------------------------------------------------- repairs
+
+
+def _end(t: _Tok) -> int:
+    return t.start + len(t.text)
+
+
+def _splice(sql: str, edits: Sequence[tuple[int, int, str]]) -> str:
+    """``sql`` with each (start, end, text) range replaced (ranges must not overlap)."""
+    for start, end, text in sorted(edits, reverse=True):
+        sql = sql[:start] + text + sql[end:]
+    return sql
+
+
+def _known_names(tables: Sequence[SqlTable], toks: Sequence[_Tok]) -> set[str]:
+    """Column and table names, plus the names the query defines (``AS x``, ``WITH x AS``), case-folded."""
+    names = {ROW_ID, "rowid"}
+    for t in tables:
+        names.add(t.name.casefold())
+        names.update(c.casefold() for c in t.columns)
+    for i, t in enumerate(toks):
+        if t.upper == "AS":  # an alias after AS; a common table expression's name before it
+            names.update(_unquote(toks[j].text).casefold() for j in (i - 1, i + 1) if 0 <= j < len(toks))
+    return names
+
+
+def _unquote(text: str) -> str:
+    if text[:1] in ('"', "`") and text[-1:] == text[:1] and len(text) > 1:
+        return text[1:-1].replace(text[0] * 2, text[0])
+    if text[:1] == "[" and text[-1:] == "]":
+        return text[1:-1]
+    return text
+
+
+_VALUE_OPS = frozenset({"=", "<", ">", "LIKE", "GLOB", "IS"})
+_LIST_ITEMS = frozenset({"str", "num", "ident"})
+
+
+def _in_value_position(toks: Sequence[_Tok], i: int) -> bool:
+    """True when token ``i`` stands where a value goes: after a comparison, or in an ``IN (…)`` list."""
+    if i == 0:
+        return False
+    j = i - 1
+    while j >= 0 and toks[j].depth == toks[i].depth and (toks[j].text == "," or toks[j].kind in _LIST_ITEMS):
+        j -= 1
+    if j < 0:
+        return False
+    prev = toks[i - 1]
+    if (prev.upper or prev.text) in _VALUE_OPS:
+        return True
+    return toks[j].text == "(" and j > 0 and toks[j - 1].upper == "IN"
+
+
+def check_names(sql: str, tables: Sequence[SqlTable]) -> str:
+    """The query with quoted names checked before it runs.
+
+    SQLite reads a double-quoted name that is no column as a string, so ``WHERE "Home team" =
+    'x'`` would silently compare two strings. A quoted name that is no column, table or alias
+    where a value goes (``city = "Oslo"``) is turned into the string it stands for; anywhere else
+    it raises TableSqlError naming it and the real columns, for the model's second try.
+    """
+    toks = _tokens(sql)
+    known = _known_names(tables, toks)
+    edits = []
+    for i, t in enumerate(toks):
+        if t.kind != "ident":
+            continue
+        name = _unquote(t.text)
+        if name.casefold() in known:
+            continue
+        if _in_value_position(toks, i):
+            edits.append((t.start, _end(t), "'" + name.replace("'", "''") + "'"))
+            continue
+        raise TableSqlError(f"no such column: {t.text}")
+    return _splice(sql, edits)
+
+
+def _columns_hint(error: str, tables: Sequence[SqlTable]) -> str:
+    if "no such column" not in error:
+        return ""
+    return "".join(f"\nThe columns of {t.name} are: {', '.join([ROW_ID, *t.columns])}." for t in tables)
+
+
+def relaxed_queries(sql: str, question: str | None = None) -> list[str]:
+    """Looser versions of a query whose text comparisons may have matched nothing: ``= 'x'``
+    made case-blind (``LIKE 'x'``), then a substring match (``LIKE '%x%'``), then (given the
+    ``question``) that substring match without the ANDed conditions on text the question does
+    not mention: a small model copies such filters from the sample rows it was shown. Empty
+    when the query compares no text literal with ``=`` or ``LIKE``."""
+    toks = _tokens(sql)
+    q_words = _words(question) if question is not None else None
+    exact, substring, kept, drops = [], [], [], []
+    for i, t in enumerate(toks):
+        if t.kind != "str" or i == 0:
+            continue
+        lit = t.text[1:-1]
+        if not re.search(r"[^\W\d_]", lit):
+            continue  # numbers and dates written as text compare as they are
+        prev = toks[i - 1]
+        before = toks[i - 2].text if i >= 2 else ""
+        if prev.text == "=" and before not in ("!", "<", ">", "="):
+            k = i - 1
+        elif prev.text == "=" and before == "=":
+            k = i - 2
+        elif prev.upper == "LIKE":
+            k = i - 1
+        else:
+            continue
+        op = (toks[k].start, _end(prev), "LIKE")
+        loose = [op, (t.start, _end(t), "'%" + lit.strip("%") + "%'")]
+        exact.append(op)
+        substring += loose
+        if q_words is not None and _copied_filter(toks, k - 1, i, lit, q_words):
+            drops.append((toks[k - 1].start, _end(t), "1 = 1"))
+        else:
+            kept += loose
+    out: list[str] = []
+    for edits in (exact, substring, kept + drops if drops else []):
+        if edits:
+            q = _splice(sql, edits)
+            if edits is not exact and edits is not substring and _NO_FILTER_LEFT.search(q):
+                continue  # every condition dropped: that would answer about the whole table
+            if q != sql and q not in out:
+                out.append(q)
+    return out
+
+
+_NO_FILTER_LEFT = re.compile(r"\bWHERE\s+1 = 1(?:\s+AND\s+1 = 1)*\s*(?:$|\)|ORDER\b|GROUP\b|LIMIT\b|HAVING\b)",
+                             re.I)
+
+
+def _copied_filter(toks: Sequence[_Tok], c: int, i: int, lit: str, q_words: set[str]) -> bool:
+    """True when ``toks[c] <op> toks[i]`` is a whole ANDed condition on a column, comparing with
+    text of which no word (of three letters or more) is in the question."""
+    words = {w for w in _words(lit) if len(w) >= 3 and not w.isdigit()}
+    if not words or words & q_words or c < 1:
+        return False
+    col = toks[c]
+    if col.kind not in ("word", "ident") or (col.kind == "word" and col.text.casefold() in _SQL_WORDS):
+        return False
+    if toks[c - 1].upper not in ("WHERE", "AND") or toks[c - 1].depth != col.depth:
+        return False
+    if c >= 2 and toks[c - 2].upper == "BETWEEN":
+        return False
+    nxt = toks[i + 1] if i + 1 < len(toks) else None
+    return nxt is None or nxt.upper in ("AND", "ORDER", "GROUP", "LIMIT", "HAVING") or nxt.text == ")"
+
+
+_SQL_WORDS = frozenset({"select", "from", "where", "and", "or", "not", "null", "like", "in", "is", "case", "when"})
+
+
+def _empty(run: _Run, *, zero_counts: bool) -> bool:
+    """No rows, only NULLs, or (with ``zero_counts``) one row of zeros, as a COUNT over a filter
+    that matched nothing gives."""
+    if not run.rows or all(all(v is None for v in r) for r in run.rows):
+        return True
+    return zero_counts and len(run.rows) == 1 and all(v in (0, None) for v in run.rows[0])
+
+
+# --------------------------------------------------------------------------- asking
+
+
 def ask_table(store, llm, question: str, *, tables: Sequence[SqlTable | str] | None = None,
               cancel: CancelToken | None = None, time_limit_ms: int = DEFAULT_TIME_LIMIT_MS,
               max_rows: int = DEFAULT_MAX_ROWS, max_tokens: int = 256, context_tokens: int | None = None,
-              status: Callable[[str], None] | None = None) -> TableResult:
+              status: Callable[[str], None] | None = None, max_attempts: int = 3) -> TableResult:
     """Answer ``question`` with one SELECT over ``tables`` (default: every table of the knowledge base).
 
     ``store`` is a ``core.store.store.Store`` (or a knowledge-base folder or database path);
-    ``llm`` a ``LocalLLM``. Raises NoTables when there is nothing to ask and Cancelled when
-    ``cancel`` fires; a query that fails twice (invalid, rejected, too slow) comes back as a
-    TableResult whose ``error`` says why, with the queries tried in ``attempts``.
+    ``llm`` a ``LocalLLM``. The model writes a query; Sift checks its quoted names
+    (``check_names``) and runs it. A query that fails is shown to the model with the error (and,
+    for an unknown column, the real column names) for another try. A query that runs but finds
+    nothing (no rows, NULL, or a COUNT of 0) is first loosened without the model
+    (``relaxed_queries``: text compared case-blind, then as a substring); if that finds nothing
+    either, the model is told so once and tries again. At most ``max_attempts`` queries are
+    written. Raises NoTables when there is nothing to ask and Cancelled when ``cancel`` fires;
+    when no query runs, the TableResult's ``error`` says why, with the queries tried in
+    ``attempts``. A query that ran but found nothing is returned as such (no rows).
     """
+    from core.models.llm import ChatMessage
+
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     say = status or (lambda s: None)
@@ -632,7 +876,8 @@ def ask_table(store, llm, question: str, *, tables: Sequence[SqlTable | str] | N
         if cancel is not None and cancel.cancelled:
             raise Cancelled("cancelled")
 
-    budget = context_tokens or max(256, min(1800, llm.n_ctx - max_tokens - 600))
+    fixed = llm.count_tokens(_SYSTEM) + 40
+    budget = context_tokens or max(256, min(1800, llm.n_ctx - max_tokens - fixed - 400))
     ctx = table_context(store, tables, question, count_tokens=llm.count_tokens, max_tokens=budget)
     timings["context"] = time.monotonic() - t0
     allowed = [t.name for t in ctx.tables]
@@ -640,10 +885,12 @@ def ask_table(store, llm, question: str, *, tables: Sequence[SqlTable | str] | N
     messages = _messages(ctx, question)
     attempts: list[str] = []
     error: str | None = None
+    found_nothing: tuple[str, _Run] | None = None
+    told_empty = False
     timings["generate"] = timings["execute"] = 0.0
     conn = _connect_ro(store)
     try:
-        for attempt in range(2):
+        for attempt in range(max(1, max_attempts)):
             check()
             say("writing SQL" if attempt == 0 else "correcting SQL")
             tg = time.monotonic()
@@ -655,48 +902,82 @@ def ask_table(store, llm, question: str, *, tables: Sequence[SqlTable | str] | N
             say("running SQL")
             te = time.monotonic()
             try:
+                sql = check_names(validate_sql(sql), ctx.tables)
                 run = run_select(conn, sql, allowed, time_limit_ms=time_limit_ms, max_rows=max_rows, cancel=cancel)
             except TableSqlError as e:
                 timings["execute"] += time.monotonic() - te
                 error = str(e)
-                from core.models.llm import ChatMessage
-
                 messages = [*messages, ChatMessage("assistant", f"```sql\n{sql}\n```"),
-                            ChatMessage("user", f"That query failed: {error}\nWrite a corrected query.")]
+                            ChatMessage("user", f"That query failed: {error}{_columns_hint(error, ctx.tables)}\n"
+                                                "Write a corrected query.")]
                 continue
-            sql = validate_sql(sql)
-            read = [t for t in allowed if t.casefold() in run.reads]
-            cited = max(read, key=lambda n: len(run.reads[n.casefold()]), default=None) if read else None
-            if cited is None and len(allowed) == 1 and re.search(rf"\b{re.escape(allowed[0])}\b", sql, re.I):
-                cited = allowed[0]  # SELECT COUNT(*) reads no column, yet counts that table's rows
-            t = by_name.get(cited.casefold()) if cited else None
-            mode, row_map = ("none", [() for _ in run.rows])
-            if t is not None:
-                mode, row_map = _provenance(conn, sql, run, t.name, allowed, time_limit_ms=time_limit_ms)
-            shown = _display_rows(conn, t, run, row_map, mode)
+            if _empty(run, zero_counts=True):
+                for loose in relaxed_queries(sql, question):
+                    try:
+                        again = run_select(conn, loose, allowed, time_limit_ms=time_limit_ms, max_rows=max_rows,
+                                           cancel=cancel)
+                    except TableSqlError:
+                        continue
+                    if not _empty(again, zero_counts=True):
+                        sql, run = loose, again
+                        break
             timings["execute"] += time.monotonic() - te
-            row_ids: list[int] = []
-            for ids in row_map:
-                for i in ids:
-                    if i not in row_ids and len(row_ids) < MAX_CITED_ROWS:
-                        row_ids.append(i)
-            cols: list[str] = []
-            if t is not None:
-                read_cols = [c for c in run.reads.get(t.name.casefold(), []) if c in t.columns]
-                first = [c for c in t.columns if c.casefold() in {n.casefold() for n in run.columns}
-                         and c in read_cols]
-                cols = first + [c for c in read_cols if c not in first]
-            timings["total"] = time.monotonic() - t0
-            return TableResult(question=question, sql=sql, columns=run.columns, rows=tuple(shown),
-                               values=tuple(run.rows), table=t.name if t else None, doc_id=t.doc_id if t else None,
-                               row_ids=tuple(row_ids), row_map=tuple(row_map), cited_columns=tuple(cols),
-                               tables_read=tuple(read), truncated=run.truncated, attempts=tuple(attempts),
-                               provenance=mode, timings=timings)
+            if _empty(run, zero_counts=False) and not told_empty and attempt + 1 < max_attempts:
+                told_empty = True
+                found_nothing = (sql, run)
+                what = "no rows" if not run.rows else "only NULL"
+                messages = [*messages, ChatMessage("assistant", f"```sql\n{sql}\n```"),
+                            ChatMessage("user", f"That query returned {what}. Check the column and the values "
+                                                "you filter on against the rows shown (spelling, case; "
+                                                "LIKE '%word%' matches part of a cell) and write a corrected "
+                                                "query.")]
+                continue
+            if _empty(run, zero_counts=False) and found_nothing is not None and run.rows == [] \
+                    and found_nothing[1].rows:
+                sql, run = found_nothing  # keep the NULL row of the first query rather than nothing
+            return _result(conn, question, sql, run, ctx, allowed, by_name, attempts, timings, t0,
+                           time_limit_ms=time_limit_ms)
+        if found_nothing is not None:  # the retry after an empty result failed: the empty result stands
+            sql, run = found_nothing
+            return _result(conn, question, sql, run, ctx, allowed, by_name, attempts, timings, t0,
+                           time_limit_ms=time_limit_ms)
     finally:
         conn.close()
     timings["total"] = time.monotonic() - t0
     return TableResult(question=question, sql=attempts[-1] if attempts else "", error=error, attempts=tuple(attempts),
                        timings=timings)
+
+
+def _result(conn, question: str, sql: str, run: _Run, ctx: TableContext, allowed: Sequence[str],
+            by_name: Mapping[str, SqlTable], attempts: Sequence[str], timings: dict[str, float], t0: float, *,
+            time_limit_ms: int) -> TableResult:
+    """The TableResult of a query that ran: cited table, source rows, cells as written."""
+    te = time.monotonic()
+    read = [t for t in allowed if t.casefold() in run.reads]
+    cited = max(read, key=lambda n: len(run.reads[n.casefold()]), default=None) if read else None
+    if cited is None and len(allowed) == 1 and re.search(rf"\b{re.escape(allowed[0])}\b", sql, re.I):
+        cited = allowed[0]  # SELECT COUNT(*) reads no column, yet counts that table's rows
+    t = by_name.get(cited.casefold()) if cited else None
+    mode, row_map = ("none", [() for _ in run.rows])
+    if t is not None:
+        mode, row_map = _provenance(conn, sql, run, t.name, allowed, time_limit_ms=time_limit_ms)
+    shown = _display_rows(conn, t, run, row_map, mode)
+    timings["execute"] += time.monotonic() - te
+    row_ids: list[int] = []
+    for ids in row_map:
+        for i in ids:
+            if i not in row_ids and len(row_ids) < MAX_CITED_ROWS:
+                row_ids.append(i)
+    cols: list[str] = []
+    if t is not None:
+        read_cols = [c for c in run.reads.get(t.name.casefold(), []) if c in t.columns]
+        first = [c for c in t.columns if c.casefold() in {n.casefold() for n in run.columns} and c in read_cols]
+        cols = first + [c for c in read_cols if c not in first]
+    timings["total"] = time.monotonic() - t0
+    return TableResult(question=question, sql=sql, columns=run.columns, rows=tuple(shown), values=tuple(run.rows),
+                       table=t.name if t else None, doc_id=t.doc_id if t else None, row_ids=tuple(row_ids),
+                       row_map=tuple(row_map), cited_columns=tuple(cols), tables_read=tuple(read),
+                       truncated=run.truncated, attempts=tuple(attempts), provenance=mode, timings=timings)
 
 
 # --------------------------------------------------------------------------- citations

@@ -286,14 +286,18 @@ class TableQuestion:
     """Other columns of the line (e.g. TAT-QA's ``answer_from``)."""
 
 
-def load_questions(folder: str | Path, *, limit: int | None = None) -> list[TableQuestion]:
-    """The questions of a WTQ-format folder (the first ``limit`` of them)."""
+def load_questions(folder: str | Path, *, limit: int | None = None, offset: int = 0) -> list[TableQuestion]:
+    """The questions of a WTQ-format folder: ``limit`` of them (default all) after the first
+    ``offset`` (in file order), so a data set can be split into tuning and held-out ranges."""
+    if offset < 0 or (limit is not None and limit < 0):
+        raise TableDatasetError(f"{folder}: offset and limit must not be negative (got {offset}, {limit})")
     folder = Path(folder)
     path = folder / "questions.tsv"
     if not path.is_file():
         raise TableDatasetError(f"{folder}: no questions.tsv there",
                                 fix="a WikiTableQuestions folder has questions.tsv and the csv/ it names")
     out: list[TableQuestion] = []
+    skipped = 0
     with open(path, encoding="utf-8", newline="") as f:
         lines = f.read().splitlines()
     if not lines:
@@ -309,6 +313,9 @@ def load_questions(folder: str | Path, *, limit: int | None = None) -> list[Tabl
         if len(cells) < len(head):
             raise TableDatasetError(f"{path}: line {n} has {len(cells)} fields, the header {len(head)}")
         row = dict(zip(head, cells))
+        if skipped < offset:
+            skipped += 1
+            continue
         contexts = tuple(c.strip() for c in row["context"].split("|") if c.strip())
         for c in contexts:
             if not (folder / c).is_file():
@@ -358,9 +365,9 @@ class TablesReport:
     p50_ms: float
     p95_ms: float
     errors: int
-    """Questions whose SQL failed twice (counted as wrong)."""
+    """Questions where no query the model wrote ran (counted as wrong)."""
     retried: int
-    """Questions whose first query failed."""
+    """Questions where the model wrote more than one query (the first failed or found nothing)."""
     by: Mapping[str, Mapping[str, dict]] = field(default_factory=dict)
     """Accuracy per value of each extra column with few values:
     ``{"answer_from": {"table": {"n": …, "accuracy": …}}}``."""
@@ -414,8 +421,8 @@ def _percentile(values: Sequence[float], p: float) -> float:
     return percentile(values, p) if values else 0.0
 
 
-def evaluate_tables(kb, folder: str | Path, *, limit: int | None = None, decimals: int | None = None,
-                    progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+def evaluate_tables(kb, folder: str | Path, *, limit: int | None = None, offset: int = 0,
+                    decimals: int | None = None, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                     questions: Sequence[TableQuestion] | None = None,
                     on_item: Callable[[TableItem], None] | None = None) -> TablesReport:
     """Ingest the tables a WTQ-format folder's questions use, ask each question through
@@ -424,7 +431,7 @@ def evaluate_tables(kb, folder: str | Path, *, limit: int | None = None, decimal
     from core.answer.table_sql import ask_table, denotation
 
     folder = Path(folder)
-    qs = list(questions) if questions is not None else load_questions(folder, limit=limit)
+    qs = list(questions) if questions is not None else load_questions(folder, limit=limit, offset=offset)
     if not qs:
         raise TableDatasetError(f"{folder}: no questions")
     tables = ingest_tables(kb, folder, qs, progress=progress, cancel=cancel)

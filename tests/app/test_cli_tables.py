@@ -44,6 +44,25 @@ def test_eval_tables_has_help_and_rejects_a_folder_without_questions(tmp_path, c
         sift("--kb", str(tmp_path / "kb"), "eval", "tables", str(tmp_path))
 
 
+def test_offset_picks_the_questions_after_the_first_k(tmp_path, monkeypatch, capsys):
+    """--offset K --limit N asks questions K+1..K+N in file order (checked before any model loads)."""
+    seen = {}
+
+    def fake_evaluate(kb, folder, *, questions, **kw):
+        seen["ids"] = [q.id for q in questions]
+        raise SystemExit(0)
+
+    monkeypatch.setattr("core.eval.tables.evaluate_tables", fake_evaluate)
+    root = tmp_path / "wtq"
+    (root / "csv").mkdir(parents=True)
+    (root / "csv" / "t.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    (root / "questions.tsv").write_text("id\tutterance\tcontext\ttargetValue\n" + "".join(
+        f"q{i}\tq{i}?\tcsv/t.csv\t{i}\n" for i in range(1, 8)), encoding="utf-8")
+    with pytest.raises(SystemExit):
+        sift("--kb", str(tmp_path / "kb"), "eval", "tables", str(root), "--offset", "2", "--limit", "3")
+    assert seen["ids"] == ["q3", "q4", "q5"]
+
+
 @pytest.mark.slow
 def test_eval_tables_json_has_the_documented_shape(mini_wtq, tmp_path, capsys):
     out_file = tmp_path / "items.jsonl"

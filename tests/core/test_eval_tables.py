@@ -96,6 +96,16 @@ def test_loads_the_shared_wtq_questions(eval_dir):
     assert len(load_questions(folder, limit=7)) == 7
 
 
+def test_offset_skips_questions_in_file_order(eval_dir):
+    folder = eval_dir / "tables" / "wtq"
+    every = load_questions(folder, limit=10)
+    assert [q.id for q in load_questions(folder, offset=3, limit=4)] == [q.id for q in every[3:7]]
+    assert load_questions(folder, offset=1158)[-1].id == load_questions(folder)[-1].id
+    assert len(load_questions(folder, offset=1158)) == 3 and load_questions(folder, offset=5000) == []
+    with pytest.raises(TableDatasetError, match="must not be negative"):
+        load_questions(folder, offset=-1)
+
+
 def test_a_folder_without_questions_is_a_known_error(tmp_path):
     with pytest.raises(TableDatasetError, match="no questions.tsv"):
         load_questions(tmp_path)
@@ -144,6 +154,19 @@ def test_tatqa_dev_converts_to_a_folder_the_loader_reads(tatqa_convert, eval_dir
     with open(tmp_path / q.contexts[0], encoding="utf-8") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["item", "2019", "2018", "2017"] and rows[-1][0] == "Total sales"
+
+
+def test_tatqa_convert_keeps_only_the_evidence_kinds_asked(tatqa_convert, eval_dir, tmp_path):
+    src = eval_dir / "tables" / "tatqa" / "tatqa_dataset_dev.json"
+    data = json.loads(src.read_text(encoding="utf-8"))
+    kinds = [q["answer_from"] for c in data for q in c["questions"]]
+    n = tatqa_convert.convert(src, tmp_path / "a", answer_from={"table", "table-text"})
+    qs = load_questions(tmp_path / "a")
+    assert n == len(qs) == sum(k in ("table", "table-text") for k in kinds) and 0 < n < len(kinds)
+    assert {q.extra["answer_from"] for q in qs} == {"table", "table-text"}
+    assert tatqa_convert.convert(src, tmp_path / "b", answer_from={"table"}, every=10) == -(-kinds.count("table") // 10)
+    with pytest.raises(ValueError, match="must be among"):
+        tatqa_convert.convert(src, tmp_path / "c", answer_from={"tables"})
 
 
 def test_rescore_scores_saved_outcomes_again():

@@ -8,8 +8,8 @@ import pytest
 import sqlite_utils
 
 from core.answer.table_sql import (
-    NoTables, TableResult, TableSqlError, _connect_ro, ask_table, denotation, extract_sql, format_answer,
-    format_value, run_select, table_citation, table_context, validate_sql,
+    NoTables, TableResult, TableSqlError, _connect_ro, ask_table, check_names, denotation, extract_sql,
+    format_answer, format_value, relaxed_queries, run_select, table_citation, table_context, validate_sql,
 )
 from core.errors import Cancelled
 from core.ingest.tables import parse_table_file
@@ -172,6 +172,16 @@ def test_context_fits_its_token_budget_by_dropping_rows_then_tables(kb_db):
     assert len(small.tables) == 1 and not any(small.sample_rows.values())
 
 
+def test_context_lists_the_values_of_text_columns_that_hold_few(kb_db):
+    path, games, _ = kb_db
+    text = table_context(path, [games], "how many home games were there?").text
+    venue = next(line for line in text.splitlines() if line.strip().startswith("venue TEXT"))
+    assert "values:" in venue and "'Home'" in venue and "'Away'" in venue
+    opponent = next(line for line in text.splitlines() if line.strip().startswith("opponent TEXT"))
+    assert "values:" not in opponent  # one value per pair of games: too many to list
+    assert "values:" not in table_context(path, [games], "q", value_hints=False).text
+
+
 def test_no_tables_is_a_known_error(tmp_path):
     db = sqlite_utils.Database(tmp_path / "sift.db")
     db.execute("CREATE TABLE documents (id INTEGER PRIMARY KEY)")
@@ -258,13 +268,98 @@ def test_a_failed_query_is_retried_once_with_its_error(kb_db):
     assert llm.prompts[1][-2].role == "assistant"
 
 
-def test_failing_twice_returns_the_reason_not_a_crash(kb_db):
+def test_failing_every_time_returns_the_reason_not_a_crash(kb_db):
     path, games, _ = kb_db
-    res = ask_table(path, ScriptedLLM("DELETE FROM x", f"SELECT * FROM documents"), "q", tables=[games])
-    assert not res.ok and "not allowed: reading 'documents'" in res.error and len(res.attempts) == 2
+    res = ask_table(path, ScriptedLLM("DELETE FROM x", "SELECT nope FROM x", f"SELECT * FROM documents"), "q",
+                    tables=[games])
+    assert not res.ok and "not allowed: reading 'documents'" in res.error and len(res.attempts) == 3
     assert denotation(res) == [] and "could not answer" in format_answer(res)
     with pytest.raises(TableSqlError):
         res.raise_for_error()
+
+
+def test_an_unknown_column_error_lists_the_real_columns(kb_db):
+    path, games, _ = kb_db
+    llm = ScriptedLLM(f"SELECT payout FROM {games.name}", f"SELECT opponent FROM {games.name} WHERE row_num = 1")
+    res = ask_table(path, llm, "who was the first opponent?", tables=[games])
+    assert res.rows == (("Derby County",),)
+    retry = llm.prompts[1][-1].content
+    assert "no such column: payout" in retry
+    assert f"The columns of {games.name} are: row_num, date, opponent, venue, result, attendance, scorers" in retry
+
+
+def test_a_quoted_name_that_is_no_column_is_caught_before_sqlite_reads_it_as_a_string(kb_db):
+    path, games, _ = kb_db
+    # SQLite would read "Home Team" as the string 'Home Team': no error, and no rows
+    llm = ScriptedLLM(f'SELECT opponent FROM {games.name} WHERE "Home Team" = \'Home\'',
+                      f"SELECT COUNT(*) FROM {games.name} WHERE venue = 'Home'")
+    res = ask_table(path, llm, "how many home games?", tables=[games])
+    assert 'no such column: "Home Team"' in llm.prompts[1][-1].content and res.rows == ((20,),)
+
+
+def test_check_names_turns_double_quoted_values_into_strings():
+    from core.store.sqltables import SqlTable
+
+    t = SqlTable(name="t_1_g", doc_id=1, title="g", header=("City", "Home team"), columns=("city", "home_team"),
+                 types=("TEXT", "TEXT"), row_ids=(1, 2))
+    sql = 'SELECT "city" AS "c", "Home_Team" FROM t_1_g WHERE city = "Oslo" OR city IN ("A", \'B\') ORDER BY "c"'
+    assert check_names(sql, [t]) == ('SELECT "city" AS "c", "Home_Team" FROM t_1_g WHERE city = \'Oslo\' '
+                                     "OR city IN ('A', 'B') ORDER BY \"c\"")
+    with pytest.raises(TableSqlError, match='no such column: "Home Team"'):
+        check_names('SELECT "Home Team" FROM t_1_g', [t])
+    cte = 'WITH "x" AS (SELECT city FROM t_1_g) SELECT "city" FROM "x"'
+    assert check_names(cte, [t]) == cte
+
+
+def test_relaxed_queries_compare_text_case_blind_then_as_a_substring():
+    sql = "SELECT venue FROM t WHERE city = 'oslo' AND x != 'a' AND n = 3 AND d = '2009-01-02'"
+    assert relaxed_queries(sql) == [
+        "SELECT venue FROM t WHERE city LIKE 'oslo' AND x != 'a' AND n = 3 AND d = '2009-01-02'",
+        "SELECT venue FROM t WHERE city LIKE '%oslo%' AND x != 'a' AND n = 3 AND d = '2009-01-02'"]
+    assert relaxed_queries("SELECT a FROM t WHERE b LIKE 'Oslo'") == ["SELECT a FROM t WHERE b LIKE '%Oslo%'"]
+    assert relaxed_queries("SELECT a FROM t WHERE n >= 'x' AND m = 4") == []
+
+
+def test_relaxed_queries_last_drop_text_filters_the_question_does_not_mention():
+    sql = "SELECT COUNT(*) FROM t WHERE station = 'Capital FM' AND genre = 'Christian'"
+    assert relaxed_queries(sql, "how many christian stations are there?")[-1] == \
+        "SELECT COUNT(*) FROM t WHERE 1 = 1 AND genre LIKE '%Christian%'"
+    # a condition ORed, or the only one left, stays
+    assert all("1 = 1" not in q for q in relaxed_queries(
+        "SELECT a FROM t WHERE station = 'Capital FM' OR genre = 'Christian'", "christian stations?"))
+    assert all("1 = 1" not in q for q in relaxed_queries(
+        "SELECT a FROM t WHERE station = 'Capital FM' ORDER BY a", "which station?"))
+    assert all("1 = 1" not in q for q in relaxed_queries(sql, "capital fm christian?"))
+
+
+def test_a_lower_case_filter_that_matches_nothing_is_retried_case_blind_without_the_model(kb_db):
+    path, games, _ = kb_db
+    llm = ScriptedLLM(f"SELECT date FROM {games.name} WHERE opponent = 'derby county' AND venue = 'away'")
+    res = ask_table(path, llm, "when did they play derby county away?", tables=[games])
+    assert res.rows == (("15 August 1987",),) and len(llm.prompts) == 1 and "LIKE 'derby county'" in res.sql
+    llm = ScriptedLLM(f"SELECT COUNT(*) FROM {games.name} WHERE opponent = 'chelsea'")
+    res = ask_table(path, llm, "how many games against chelsea?", tables=[games])
+    assert res.rows == ((2,),)  # a COUNT of 0 over a text filter is loosened too
+    llm = ScriptedLLM(f"SELECT date FROM {games.name} WHERE opponent = 'derby'")
+    assert ask_table(path, llm, "when did they play derby?", tables=[games]).rows[0] == ("15 August 1987",)
+    # filters on text the question does not mention (copied from sample rows) are dropped last
+    llm = ScriptedLLM(f"SELECT COUNT(*) FROM {games.name} WHERE opponent = 'Oxford United' AND venue = 'home' "
+                      "AND scorers = 'Harford (3)'")
+    res = ask_table(path, llm, "how many home games were there?", tables=[games])
+    assert res.rows == ((20,),) and "venue LIKE '%home%'" in res.sql and len(llm.prompts) == 1
+
+
+def test_an_empty_result_is_shown_to_the_model_once(kb_db):
+    path, games, _ = kb_db
+    llm = ScriptedLLM(f"SELECT date FROM {games.name} WHERE opponent = 'Arsenal Reserves'",
+                      f"SELECT date FROM {games.name} WHERE row_num = 1")
+    res = ask_table(path, llm, "when was the first game?", tables=[games])
+    assert res.rows == (("15 August 1987",),) and len(res.attempts) == 2
+    assert "returned no rows" in llm.prompts[1][-1].content
+    llm = ScriptedLLM(f"SELECT date FROM {games.name} WHERE opponent = 'Arsenal Reserves'",
+                      f"SELECT date FROM {games.name} WHERE opponent = 'Real Madrid'")
+    res = ask_table(path, llm, "when did they play real madrid?", tables=[games])
+    assert res.ok and res.rows == () and len(res.attempts) == 2 and len(llm.prompts) == 2
 
 
 def test_cancel_before_the_model_answers_raises_cancelled(kb_db):
