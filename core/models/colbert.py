@@ -30,7 +30,6 @@ against a PyTorch reference.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import string
 import threading
@@ -213,7 +212,7 @@ def export_colbert(folder: Path | str, *, progress: ProgressFn | None = None,
                    cancel: CancelToken | None = None) -> Path:
     """Export a ColBERT checkpoint once (cached by content hash) and return the export folder:
     ``model.onnx`` (output ``token_embeddings``), ``tokenizer.json`` and ``sift-colbert.json``."""
-    from core.models.export import _cache_root, export_onnx, folder_sha256
+    from core.models.export import _cache_root, export_onnx, folder_sha256, staged_folder
 
     folder = Path(folder).expanduser().resolve()
     if (folder / _META).exists() and (folder / "model.onnx").exists():
@@ -228,10 +227,7 @@ def export_colbert(folder: Path | str, *, progress: ProgressFn | None = None,
     encoder = export_onnx(folder, "feature-extraction", progress=progress, cancel=cancel)
     check(cancel)
     report(progress, "export", 0, 1, message=f"adding the ColBERT projection of {folder.name}", started=t0)
-    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(target) as tmp:
         _append_projection(encoder / "model.onnx", tmp / "model.onnx", layers)
         for name in ("tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (encoder / name).exists():
@@ -240,12 +236,6 @@ def export_colbert(folder: Path | str, *, progress: ProgressFn | None = None,
         meta = {"format_version": COLBERT_EXPORT_FORMAT, "source": str(folder), "source_sha256": digest,
                 "model_type": enc_meta.get("model_type"), "config": asdict(cfg)}
         (tmp / _META).write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report(progress, "export", 1, 1, message=f"exported {folder.name}", started=t0)
     return target
 

@@ -6,18 +6,20 @@ torch and optimum are needed here only; running the result needs onnxruntime alo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 from core.config import model_cache_dir
 from core.errors import ModelError, UnsupportedModel
 from core.jobs import CancelToken, ProgressFn, check, report
 
-__all__ = ["folder_sha256", "validate_folder", "cached_export", "export_onnx", "EXPORT_FORMAT"]
+__all__ = ["folder_sha256", "validate_folder", "cached_export", "export_onnx", "staged_folder", "EXPORT_FORMAT"]
 
 EXPORT_FORMAT = 1  # bump when the layout of an export folder changes
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -122,6 +124,24 @@ def _pooling(folder: Path) -> dict:
     return pooling
 
 
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A fresh temp folder beside ``target`` that replaces ``target`` in one rename when the block
+    ends normally, and is deleted when it raises (or is cancelled): a model folder in the cache is
+    either complete or absent."""
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def export_onnx(folder: Path, task: str = "feature-extraction", *, progress: ProgressFn | None = None,
                 cancel: CancelToken | None = None) -> Path:
     """Export ``folder`` with optimum into the cache and return the export folder.
@@ -141,13 +161,10 @@ def export_onnx(folder: Path, task: str = "feature-extraction", *, progress: Pro
                          fix="run ./scripts/run --setup-only, which installs the export tools") from None
     digest = folder_sha256(folder)
     target = _target(digest, task)
-    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     t0 = time.monotonic()
     report(progress, "export", 0, 1, message=f"exporting {folder.name} to ONNX", started=t0)
     check(cancel)
-    try:
+    with staged_folder(target) as tmp:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import warnings
 
@@ -174,11 +191,5 @@ def export_onnx(folder: Path, task: str = "feature-extraction", *, progress: Pro
             "exported_s": round(time.monotonic() - t0, 2),
         }
         (tmp / "sift-export.json").write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report(progress, "export", 1, 1, message=f"exported {folder.name}", started=t0)
     return target
