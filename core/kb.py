@@ -170,7 +170,7 @@ class KnowledgeBase:
             from core.models.multilingual import MultilingualEmbedder
 
             on = (self.settings.extra or {}).get("multilingual", True)
-            self._ml_embedder = (MultilingualEmbedder.load() if on else None) or False
+            self._ml_embedder = (MultilingualEmbedder.load(device=self.device) if on else None) or False
         return self._ml_embedder or None
 
     def sync_multilingual(self, store=None, *, progress: ProgressFn | None = None,

