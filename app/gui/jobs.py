@@ -29,9 +29,12 @@ _NOTHING = object()
 POLL_MS = 100
 """How often the GUI thread looks at a running job's progress and streamed text."""
 WORKER_NICE = 10
-"""Worker threads (and the threads and processes they start: ONNX Runtime, the parse worker) run
-at this nice value on Linux, so that on a busy CPU the GUI thread is scheduled first and the
-window keeps answering within a frame or two."""
+"""Worker threads (and the threads and processes they start: ONNX Runtime, llama.cpp) run at this
+nice value on Linux, so that on a busy CPU the GUI thread is scheduled first and the window keeps
+answering within a frame or two. Jobs that mostly run Python (ingestion: ``priority="normal"``)
+are the exception: a low-priority thread that holds the GIL is preempted by the other background
+work and the GUI thread waits for it (a 136 ms stall caught unpickling one 1 ms page); they run
+at normal priority and only their parse worker processes are lowered (``SIFT_WORKER_NICE``)."""
 
 
 def _lower_this_threads_priority() -> None:
@@ -60,13 +63,15 @@ class JobError:
 
 
 class _Task(QtCore.QRunnable):
-    def __init__(self, job: "Job") -> None:
+    def __init__(self, job: "Job", *, low_priority: bool = True) -> None:
         super().__init__()
         self.job = job
+        self.low_priority = low_priority
         self.setAutoDelete(True)
 
     def run(self) -> None:  # pool thread: no widgets here
-        _lower_this_threads_priority()
+        if self.low_priority:
+            _lower_this_threads_priority()
         job = self.job
         try:
             result = job._op(job)
@@ -177,15 +182,24 @@ class JobRunner(QObject):
         super().__init__(parent)
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(max_threads)
+        # A thread's priority can be lowered but not raised again, so normal-priority jobs get
+        # threads of their own.
+        self.normal_pool = QThreadPool(self)
+        self.normal_pool.setMaxThreadCount(2)
         self.jobs: list[Job] = []
+        os.environ.setdefault("SIFT_WORKER_NICE", str(WORKER_NICE))
 
     def run(self, op: Callable[["Job"], Any], *, label: str, on_done: Callable[[Any], None] | None = None,
             on_error: Callable[[JobError], None] | None = None, on_progress: Callable[[Progress], None] | None = None,
-            on_cancel: Callable[[], None] | None = None) -> Job:
+            on_cancel: Callable[[], None] | None = None, priority: str = "low") -> Job:
         """Start ``op(job)`` in the background; handlers run on the GUI thread.
 
-        Without ``on_error`` a failure goes to ``job_failed`` (the window shows it).
+        Without ``on_error`` a failure goes to ``job_failed`` (the window shows it). ``priority``:
+        ``low`` (nice ``WORKER_NICE``; for jobs whose work is in native threads) or ``normal``
+        (for jobs that mostly run Python, see ``WORKER_NICE``).
         """
+        if priority not in ("low", "normal"):
+            raise ValueError(f"unknown priority {priority!r}")
         job = Job(op, label, self)
         if on_done:
             job.finished.connect(on_done)
@@ -198,7 +212,8 @@ class JobRunner(QObject):
         self.jobs.append(job)
         job.running = True
         job._timer.start()
-        self.pool.start(_Task(job))
+        pool = self.pool if priority == "low" else self.normal_pool
+        pool.start(_Task(job, low_priority=priority == "low"))
         return job
 
     def _forget(self, job: Job) -> None:
@@ -218,4 +233,8 @@ class JobRunner(QObject):
 
     def wait(self, timeout_ms: int = 30_000) -> bool:
         """Block until every worker thread is idle (used when the window closes)."""
-        return self.pool.waitForDone(timeout_ms)
+        import time
+
+        end = time.monotonic() + timeout_ms / 1000
+        done = self.pool.waitForDone(timeout_ms)
+        return self.normal_pool.waitForDone(max(0, int((end - time.monotonic()) * 1000))) and done

@@ -232,7 +232,7 @@ class LibraryPanel(QWidget):
 
         names = ", ".join(Path(p).name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
         self._start(self.runner.run(op, label=f"adding {names}", on_done=self._added,
-                                    on_cancel=self._job_cancelled), f"Adding {names}")
+                                    on_cancel=self._job_cancelled, priority="normal"), f"Adding {names}")
         self.job.published.connect(self._on_add_state)
 
     def _start(self, job, text: str) -> None:

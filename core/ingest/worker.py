@@ -80,6 +80,12 @@ def parse_file(path: str | Path, **opts: Any) -> ParsedDocument:
 def _worker_main(conn: Connection, parser: Callable[..., ParsedDocument]) -> None:
     """Loop: receive (job, path, opts), send progress and then ("ok", doc) or ("err", ...)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
+    try:  # background parsing may yield to interactive work (the desktop app sets 10)
+        nice = int(os.environ.get("SIFT_WORKER_NICE", "0") or 0)
+        if nice > 0 and hasattr(os, "nice"):
+            os.nice(nice)
+    except (ValueError, OSError):
+        pass
     try:
         import pymupdf
 
