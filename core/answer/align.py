@@ -151,6 +151,26 @@ _HYPHEN_BREAK = re.compile(r"(\w)-[ \t]*\n[ \t]*(\w)")
 _META_STEMS = frozenset(_stem(w) for w in META_WORDS)
 
 
+HINT_BONUS = 0.05
+"""What the model's own ``[n]`` marker adds to a candidate's score, and to its tightness when
+candidates are tied."""
+NEAR_TIE = 0.05
+"""Candidates scoring within this of the best are tied; ``_precision`` decides between them."""
+
+
+def _precision(claim: dict[str, float], evidence: dict[str, float]) -> float:
+    """Weighted share of ``evidence``'s words that the claim uses (how tight the span is)."""
+    total = sum(evidence.values())
+    return sum(w for t, w in evidence.items() if t in claim) / total if total > 0 else 0.0
+
+
+QUESTION_WORD_WEIGHT = 0.1
+"""Weight of a word the answer repeats from the question ("The probable cause of the accident near
+Tallahassee was …"): it says which question is answered, not what supports the answer, and
+without the discount a table row naming Tallahassee outranked the report's sentence giving the
+cause."""
+
+
 def claim_words(text: str) -> dict[str, float]:
     """``content_words`` of an answer sentence without the words that refer to the sources."""
     return {t: w for t, w in content_words(text).items() if t not in _META_STEMS}
@@ -258,11 +278,13 @@ def _combine(lex: float, sem: float | None) -> float:
 
 def align_answer(answer: str, sources: Sequence[Source], *, encode_tokens: TokenEncoder | None = None,
                  page_of: Callable[[int, int], object] | None = None,
-                 threshold: float | None = None) -> Alignment:
+                 threshold: float | None = None, question: str = "") -> Alignment:
     """Align each sentence of ``answer`` to the best supporting candidate of ``sources``.
 
     ``encode_tokens`` gives token vectors (omit it to align on words only); ``page_of(doc_id,
     page)`` returns a stored ``ParsedPage`` for the rectangles (omit it: no rectangles).
+    Words an answer sentence repeats from ``question`` weigh ``QUESTION_WORD_WEIGHT`` in the
+    lexical score: the span to cite is the one that holds what the answer adds.
     Citations are numbered in order of first use; the returned text carries those numbers.
     """
     if threshold is None:
@@ -282,8 +304,9 @@ def align_answer(answer: str, sources: Sequence[Source], *, encode_tokens: Token
     pages: dict[tuple[int, int], object] = {}
     out = Alignment(text="")
     parts: list[str] = []
+    asked = set(content_words(question)) if question else set()
     for i, (claim, hinted) in enumerate(claims):
-        words = claim_words(claim)
+        words = {t: w * (QUESTION_WORD_WEIGHT if t in asked else 1.0) for t, w in claim_words(claim).items()}
         if not words:  # "Yes." or a bare marker: nothing to check, nothing to cite
             parts.append(claim)
             out.sentences.append(AnswerSentence(claim, 0, 0, (), True))
@@ -297,20 +320,32 @@ def align_answer(answer: str, sources: Sequence[Source], *, encode_tokens: Token
                 break
             lex = lexical_support(words, cand_words[j])
             sem = None if sem_scores is None else float(sem_scores[i, j])
-            s = _combine(lex, sem)
-            if c.source.n in hinted:
-                s += 0.05  # the model's own marker breaks near-ties
-            scored.append((s, lex, j))
+            raw = _combine(lex, sem)
+            # the model's own marker lifts a near-miss (and breaks ties below)
+            scored.append((raw + (HINT_BONUS if c.source.n in hinted else 0.0), lex, j, raw))
         scored.sort(key=lambda t: (-t[0], t[2]))
+        best_raw = max((t[3] for t in scored), default=0.0)
+        if len(scored) > 1 and sum(t[3] >= best_raw - NEAR_TIE for t in scored) > 1:
+            # Near-ties go to the tighter span: the one whose own words the claim uses most (a
+            # report's sentence rather than a table row that also lists date, registration, ...);
+            # the model's own marker counts a little.
+            near = [t for t in scored if t[3] >= best_raw - NEAR_TIE]
+
+            def tight(t):
+                return _precision(words, cand_words[t[2]]) + (HINT_BONUS if cands[t[2]].source.n in hinted else 0.0)
+
+            top = max(near, key=lambda t: (tight(t), t[3], -t[2]))
+            scored.remove(top)
+            scored.insert(0, top)
         out.best.append(scored[0][0] if scored else 0.0)
         chosen: list[tuple[float, int]] = []
         if scored and scored[0][0] >= threshold:
-            best_s, _, bj = scored[0]
+            best_s, _, bj, _ = scored[0]
             chosen.append((best_s, bj))
             covered = {t for t in words if t in cand_words[bj]}
             missing = {t: w for t, w in words.items() if t not in covered}
             if missing and sum(missing.values()) / sum(words.values()) >= 0.3:
-                for s, _, j in scored[1:6]:
+                for s, _, j, _ in scored[1:6]:
                     if j == bj or s < threshold * 0.8:
                         continue
                     gain = lexical_support(missing, cand_words[j])

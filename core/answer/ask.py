@@ -235,7 +235,7 @@ def _align(run: _Run, text: str, sources: Sequence[Source]) -> Alignment:
     if not has_cjk(text) or getattr(kb.embedder, "multilingual", False):
         def encode(texts):
             return kb.embedder.encode(list(texts), tokens=True).tokens
-    al = align_answer(text, sources, encode_tokens=encode, page_of=kb.store.get_page)
+    al = align_answer(text, sources, encode_tokens=encode, page_of=kb.store.get_page, question=run.question)
     run.timed("align", t)
     return al
 

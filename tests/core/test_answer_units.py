@@ -113,6 +113,22 @@ def test_table_sources_cite_the_matching_row():
     assert c.kind == "table" and c.table == "flights" and c.rows == (12,)
 
 
+def test_the_cited_span_is_the_one_holding_what_the_answer_adds():
+    """A sentence that restates the question ("... near Quincy was ...") is cited to the span with
+    the cause, not to a table row that merely names Quincy; and of two spans that support it
+    equally, the tighter one wins."""
+    q = "What was the probable cause of the accident near Quincy?"
+    row = Source(n=1, chunk_id=5, doc_id=2, document="f.csv", path="/f.csv", kind="table", table="acc",
+                 row_ids=(11,), text="Table: acc\nnumber: A1; date: 2007-12-08; location: Quincy; aircraft: Piper; "
+                                     "damage: Substantial; event: accident; probable cause: fuel exhaustion during cruise")
+    prose = _source(2, text="The probable cause of this accident was fuel exhaustion during cruise.",
+                    spans=(ChunkSpan(1, 0, 70),))
+    answer = "The probable cause of the accident near Quincy was fuel exhaustion during cruise [1]."
+    assert align_answer(answer, [row, prose]).citations[0].kind == "table"  # without the question
+    al = align_answer(answer, [row, prose], question=q)
+    assert al.citations[0].kind == "text" and al.sentences[0].supported
+
+
 def test_structure_finds_documents_pages_and_dates():
     docs = [SimpleNamespace(id=1, path="/x/NARA2022.pdf"), SimpleNamespace(id=2, path="/x/ntsb_accidents.csv"),
             SimpleNamespace(id=3, path="/x/a.pdf")]
