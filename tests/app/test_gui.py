@@ -190,10 +190,8 @@ def test_the_gui_thread_stays_responsive_during_ingestion(qtbot, data_dir, tmp_p
     assert len(ticks) > 20
     print(f"\nGUI timer during ingestion: {len(ticks)} ticks over {ticks[-1] - ticks[0]:.1f}s, "
           f"max gap {max(gaps) * 1000:.0f} ms, ingestion: {rep.summary()}")
-    where = "; the threads then:\n" + stacks.read_text()[-6000:]
-    p99 = sorted(gaps)[int(0.99 * (len(gaps) - 1))]
-    assert p99 < 0.1, f"1% of timer intervals exceeded {p99 * 1000:.0f} ms{where}"
-    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps) * 1000:.0f} ms{where}"
+    assert max(gaps) < 0.1, (f"the event loop stalled for {max(gaps) * 1000:.0f} ms; the threads then:\n"
+                             + stacks.read_text()[-6000:])
 
 
 # ---------------------------------------------------------------------------------------------- evidence
