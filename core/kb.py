@@ -191,7 +191,8 @@ class KnowledgeBase:
             if not part:
                 return True
             if total is None:
-                total = store.counts().cjk_chunks - store.counts().ml_chunks
+                c = store.counts()
+                total = c.cjk_chunks - c.ml_chunks
             vecs = ml.encode_documents([_ml_text(c) for c in part], cancel=cancel)
             store.set_ml_embeddings([int(c.id) for c in part], vecs)
             done += len(part)
@@ -228,7 +229,7 @@ class KnowledgeBase:
 
             self._store = Store.open(self.folder, dim=self.embedder.dim, model_id=self.model_id)
             self._attach_token_vectors(self._store)
-            if self._store.counts().cjk_chunks:
+            if self._store.has_cjk_chunks():
                 self.sync_multilingual(self._store)
         return self._store
 

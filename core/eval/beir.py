@@ -206,7 +206,7 @@ def ingest_corpus(kb, corpus: Mapping[str, CorpusDoc] | BeirDataset, *, dataset:
                 n_chunks += len(cs)
             report(progress, "ingest", start + len(batch), len(todo), unit="docs", started=t0,
                    message=f"{added} documents, {n_chunks} chunks")
-    if st.counts().cjk_chunks:  # chunks in CJK scripts also go to the multilingual graph
+    if st.has_cjk_chunks():  # chunks in CJK scripts also go to the multilingual graph
         kb.sync_multilingual(st, progress=progress, cancel=cancel)
     return IngestReport(added, len(present), n_chunks, time.monotonic() - t0)
 

@@ -371,7 +371,7 @@ class Store:
                 if len(ml_added):
                     self._ml.add(ml_added, ml_vectors)
             except Exception:
-                self._ml = self._build_ml_index()
+                self._ml = self._build_index(column="embedding_ml")
             self._ml_dirty = True
         try:
             if removed:
@@ -798,43 +798,51 @@ class Store:
             if (info.generation, info.count) == (gen, n_chunks):
                 remove_stale_files(self.folder, keep=info.file)
                 return ConsistencyReport(fts_rebuilt, "ok")
-            # The graph is behind (or, after a lost write, ahead of) the database: diff the labels.
-            db_ids = {r[0] for r in conn.execute("SELECT id FROM chunks")}
-            labels = index.labels()
-            removed = index.delete(labels - db_ids)
-            missing = sorted(db_ids - labels)
-            for start in range(0, len(missing), 2048):
-                part = missing[start:start + 2048]
-                index.add(part, self.get_embeddings(part))
+            removed, added, n_db = self._repair_labels(index, "embedding")
             reason = (f"index at generation {info.generation} with {info.count} vectors; "
                       f"database at {gen} with {n_chunks} chunks")
-            if index.count != len(db_ids) or index.deleted > max(COMPACT_MIN_DELETED, index.count):
+            if index.count != n_db or index.deleted > max(COMPACT_MIN_DELETED, index.count):
                 self._rebuild_index()
                 self.save_index()
                 return ConsistencyReport(fts_rebuilt, "rebuilt", reason=reason)
             self._dirty = True
             self.save_index()
-            return ConsistencyReport(fts_rebuilt, "repaired", added=len(missing), removed=removed, reason=reason)
+            return ConsistencyReport(fts_rebuilt, "repaired", added=added, removed=removed, reason=reason)
 
-    def _build_index(self, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-                     batch: int = 4096) -> VectorIndex:
+    def _build_index(self, *, column: str = "embedding", progress: ProgressFn | None = None,
+                     cancel: CancelToken | None = None, batch: int = 4096) -> VectorIndex:
+        """A fresh graph of every vector stored in ``column`` (``embedding`` or ``embedding_ml``)."""
+        dim, model_id = (self.dim, self.model_id) if column == "embedding" else (self.ml_dim, self.ml_model_id or "")
         conn = self._read()
-        total = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-        index = VectorIndex(self.dim, model_id=self.model_id, ef=self.ef, capacity=max(1024, total))
+        total = conn.execute(f"SELECT count(*) FROM chunks WHERE {column} IS NOT NULL").fetchone()[0]
+        index = VectorIndex(dim, model_id=model_id, ef=self.ef, capacity=max(1024, total))
         started = time.monotonic()
         done, last = 0, -1
         while True:
             check(cancel)
-            rows = conn.execute("SELECT id, embedding FROM chunks WHERE id > ? ORDER BY id LIMIT ?",
-                                (last, batch)).fetchall()
+            rows = conn.execute(f"SELECT id, {column} FROM chunks WHERE {column} IS NOT NULL AND id > ? "
+                                "ORDER BY id LIMIT ?", (last, batch)).fetchall()
             if not rows:
                 break
             last = rows[-1][0]
-            mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.dim)
+            mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
             index.add([r[0] for r in rows], mat)
             done += len(rows)
             report(progress, "vectors", done, total, unit="chunks", started=started)
         return index
+
+    def _repair_labels(self, index: VectorIndex, column: str) -> tuple[int, int, int]:
+        """Bring a graph that is behind (or, after a lost write, ahead of) the database up to it by
+        diffing labels: (removed, added, chunks with a vector in ``column``). The label list
+        includes deleted ones, and marking one deleted again is a no-op."""
+        db_ids = {r[0] for r in self._read().execute(f"SELECT id FROM chunks WHERE {column} IS NOT NULL")}
+        labels = index.labels()
+        removed = index.delete(labels - db_ids)
+        missing = sorted(db_ids - labels)
+        for start in range(0, len(missing), 2048):
+            part = missing[start:start + 2048]
+            index.add(part, self.get_embeddings(part, column=column))
+        return removed, len(missing), len(db_ids)
 
     def _rebuild_index(self) -> None:
         self._index = self._build_index()
@@ -860,7 +868,7 @@ class Store:
                 if info.dim != self.ml_dim or info.model_id != model_id:
                     raise IndexFileError(f"index built for {info.model_id} (dim {info.dim})")
             except IndexFileError as e:
-                self._ml = self._build_ml_index()
+                self._ml = self._build_index(column="embedding_ml")
                 self._ml_dirty = True
                 self._save_ml()
                 return ConsistencyReport(False, "rebuilt" if read_info(folder) else "created", reason=str(e))
@@ -869,36 +877,18 @@ class Store:
                 self._ml = index
                 remove_stale_files(folder, keep=info.file)
                 return ConsistencyReport(False, "ok")
-            # Behind the database: diff the labels (the graph's label list includes deleted ones,
-            # and marking one deleted again is a no-op).
-            db_ids = {r[0] for r in self._read().execute("SELECT id FROM chunks WHERE embedding_ml IS NOT NULL")}
-            labels = index.labels()
-            removed = index.delete(labels - db_ids)
-            missing = sorted(db_ids - labels)
-            for start in range(0, len(missing), 2048):
-                part = missing[start:start + 2048]
-                index.add(part, self.get_embeddings(part, column="embedding_ml"))
+            removed, added, n_db = self._repair_labels(index, "embedding_ml")
             self._ml, self._ml_dirty = index, True
-            if index.count != len(db_ids) or index.deleted > max(COMPACT_MIN_DELETED, index.count):
-                self._ml = self._build_ml_index()
+            if index.count != n_db or index.deleted > max(COMPACT_MIN_DELETED, index.count):
+                self._ml = self._build_index(column="embedding_ml")
             self._save_ml()
-            return ConsistencyReport(False, "repaired", added=len(missing), removed=removed,
-                                     reason=f"multilingual graph held {len(labels)} chunks, database {len(db_ids)}")
+            return ConsistencyReport(False, "repaired", added=added, removed=removed,
+                                     reason=f"multilingual graph at {info.count} chunks, database at {n_db}")
 
-    def _build_ml_index(self, *, cancel: CancelToken | None = None) -> VectorIndex:
-        conn = self._read()
-        rows = conn.execute("SELECT count(*) FROM chunks WHERE embedding_ml IS NOT NULL").fetchone()[0]
-        index = VectorIndex(self.ml_dim, model_id=self.ml_model_id or "", ef=self.ef, capacity=max(1024, rows))
-        last = -1
-        while True:
-            check(cancel)
-            part = conn.execute("SELECT id, embedding_ml FROM chunks WHERE embedding_ml IS NOT NULL AND id > ? "
-                                "ORDER BY id LIMIT 4096", (last,)).fetchall()
-            if not part:
-                return index
-            last = part[-1][0]
-            index.add([r[0] for r in part],
-                      np.frombuffer(b"".join(r[1] for r in part), dtype="<f4").reshape(len(part), self.ml_dim))
+    def has_cjk_chunks(self) -> bool:
+        """Whether any chunk has CJK characters (one indexed lookup, unlike ``counts``)."""
+        with self._lock:
+            return self._read().execute("SELECT 1 FROM chunks WHERE cjk = 1 LIMIT 1").fetchone() is not None
 
     def chunks_missing_ml(self, *, limit: int = 256) -> list[StoredChunk]:
         """Up to ``limit`` chunks with CJK characters that have no multilingual vector yet."""
@@ -949,7 +939,7 @@ class Store:
             self._index = self._build_index(progress=progress, cancel=cancel)
             self._dirty = True
             if self._ml is not None:
-                self._ml = self._build_ml_index(cancel=cancel)
+                self._ml = self._build_index(column="embedding_ml", cancel=cancel)
                 self._ml_dirty = True
             self.save_index()
             return self.counts()

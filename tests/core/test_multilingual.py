@@ -31,8 +31,8 @@ def add_cjk(st: Store, path: str, texts: list[str]) -> int:
                            size=1, mtime=1.0, ml_embeddings=ml)
 
 
-def ml_ids(st: Store) -> set[int]:
-    return {cid for cid, _ in st.search_dense_ml(np.ones(ML_DIM), 10_000)}
+def ml_ids(st: Store, dim: int = ML_DIM) -> set[int]:
+    return {cid for cid, _ in st.search_dense_ml(np.ones(dim), 10_000)}
 
 
 def test_cjk_chunks_enter_and_leave_the_multilingual_graph_with_their_document(tmp_path):
@@ -106,11 +106,7 @@ def test_another_model_drops_the_old_vectors_and_lists_the_chunks_to_embed_again
         assert st.set_ml_embeddings([missing[0].id], np.ones((1, 8))) == 1
         assert st.set_ml_embeddings([missing[0].id], np.ones((1, 8))) == 0  # already embedded: skipped
         assert st.chunks_missing_ml() == [] and st.counts().consistent
-        assert ml_ids_dim(st, 8) == {missing[0].id}
-
-
-def ml_ids_dim(st: Store, dim: int) -> set[int]:
-    return {cid for cid, _ in st.search_dense_ml(np.ones(dim), 100)}
+        assert ml_ids(st, 8) == {missing[0].id}
 
 
 def test_bad_multilingual_vectors_are_refused_before_anything_is_written(tmp_path):
