@@ -3,11 +3,12 @@
 Every ``Word`` indexes exactly into its page's text (``text[w.start:w.end] == w.text``) so that a
 chunk, an answer span or a citation can be drawn back onto the page. Reading order comes from a
 recursive XY-cut over text lines (column gutters before row gaps), which reads multi-column pages
-column by column at no model cost: PyMuPDF's own ``sort=True`` reads across columns. Tables come
-from PyMuPDF's table finder with its ML layout model, which costs about half a second per page on
-a laptop CPU: it runs once per page, and only on pages that may hold a table, judged from what is
-already at hand (line art that could form a grid, or words standing in numeric columns); the
-other pages cost only their text. Pages without a usable text layer go to ``core.ingest.ocr``.
+column by column at no model cost: PyMuPDF's own ``sort=True`` reads across columns. Unruled
+tables (most tables in filings and reports) are found from how the words stand (``textgrid``:
+columns of amounts under titles, ~1 ms a page) and cut into cells by MuPDF's grid analysis;
+PyMuPDF's line-based finder runs only where line art outside those tables could form a grid.
+PyMuPDF's ML layout model (~0.5 s a page on a laptop CPU; it made table detection ~90 % of
+ingestion time on filings) is used only when asked for (``layout=True``). Pages without a usable text layer go to ``core.ingest.ocr``.
 
 PyMuPDF must not be driven from several threads at once: call this from one thread (the parse
 worker process in ``core.ingest.worker`` does exactly that).
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import pymupdf
 
 from core.errors import Cancelled, DamagedFile, EncryptedFile, ModelNotInstalled
+from core.ingest.textgrid import UNITS, count_rows, grid_tables, iou, text_table_regions
 from core.jobs import CancelToken, ProgressFn, check, report
 from core.types import ExtractedTable, Heading, ParsedDocument, ParsedPage, Rect, Word
 
@@ -469,6 +471,9 @@ def _cell_text(words: Sequence[LineWord], rect: Sequence[float] | None) -> str:
 
 _NUMERIC = re.compile(r"^[\s$€£¥%()+\-–—.,:/0-9]*[0-9][\s$€£¥%()+\-–—.,:/0-9]*$")
 _CURRENCY = {"$", "€", "£", "¥", "US$"}
+_YEAR = re.compile(r"^(19|20)\d\d$")
+# Words only a table's data rows hold: 1,234  (56)  7.5%  —  $
+_AMOUNT = re.compile(r"^\(?[$€£¥]?\d{1,3}(,\d{3})+(\.\d+)?\)?%?$|^\(\d[\d,.]*\)$|^\d+\.\d+%?$|^[$€£¥—–]$")
 
 
 def _is_numeric(cell: str) -> bool:
@@ -486,20 +491,75 @@ def _union_opt(a: Rect | None, b: Rect | None) -> Rect | None:
 def _merge_split_columns(grid: list[list[str]], rects: list[list[Rect | None]]) -> None:
     """Merge neighbouring columns that never both hold text in one row, in place.
 
-    Line-based grids often split one logical column in two: a "$" in its own cell left of the
-    amount, or an amount spanning two grid cells in some rows and one in others."""
+    Grids often split one logical column in two: a "$" in its own cell left of the amount, a "%"
+    in its own cell right of it, or an amount spanning two grid cells in some rows and one in
+    others."""
     j = 0
     while grid and j < len(grid[0]) - 1:
         def content(cell: str, left: bool) -> bool:
             return bool(cell) and not (left and cell in _CURRENCY)
 
-        if all(not (content(r[j], True) and content(r[j + 1], False)) for r in grid):
+        unit = all(r[j + 1] in UNITS for r in grid[1:] if r[j + 1]) and any(r[j + 1] for r in grid[1:])
+        if unit or all(not (content(r[j], True) and content(r[j + 1], False)) for r in grid):
             for r, rr in zip(grid, rects):
                 r[j] = " ".join(x for x in (r[j], r[j + 1]) if x)
                 rr[j] = _union_opt(rr[j], rr[j + 1])
                 del r[j + 1], rr[j + 1]
         else:
             j += 1
+
+
+def _one_phrase(words: Sequence[LineWord], a: Rect | None, b: Rect | None) -> bool:
+    """The words in cell ``a`` run on into cell ``b`` on the same line, a word space apart."""
+    if a is None or b is None:
+        return False
+    left = [w for w in words if _center_in(w.rect, a)]
+    right = [w for w in words if _center_in(w.rect, b)]
+    if not left or not right:
+        return False
+    last = max(left, key=lambda w: w.rect[2])
+    first = min(right, key=lambda w: w.rect[0])
+    h = max(1.0, last.rect[3] - last.rect[1])
+    return abs(last.rect[1] - first.rect[1]) < 0.3 * h and 0 <= first.rect[0] - last.rect[2] < 0.6 * h
+
+
+def _merge_title_rows(grid: list[list[str]], rects: list[list[Rect | None]], words: Sequence[LineWord],
+                      most: int = 4) -> None:
+    """Fold the column-title rows under the header into it, in place.
+
+    Filings print titles on two to four rows ("Three Months Ended" over two columns, then
+    "June 25," and "2022" under each): rows right under the header with no amount in any cell and
+    nothing in the label column (or only years in the others) are titles, not data. A title over several columns is
+    repeated for each column the row below fills, so every column reads its whole title."""
+    def titles(row: list[str]) -> bool:
+        if not any(row) or any(_AMOUNT.match(w) and any(c.isdigit() for c in w) for c in row for w in c.split()):
+            return False
+        # Nothing in the label column, or years over every column ("Three Months Ended June 30, | 2023 | 2022").
+        return not row[0] or all(_YEAR.match(c) for c in row[1:] if c) and any(row[1:])
+
+    k = 1
+    while k < len(grid) and k <= most and titles(grid[k]):
+        k += 1
+    if k == 1:
+        return
+    titles = [list(r) for r in grid[:k]]
+    for i in range(k):  # one title the grid cut in two ("Nine Months | Ended") is one again
+        for j in range(len(titles[i]) - 2, -1, -1):
+            if titles[i][j] and titles[i][j + 1] and _one_phrase(words, rects[i][j], rects[i][j + 1]):
+                titles[i][j] += " " + titles[i][j + 1]
+                titles[i][j + 1] = ""
+    for i in range(k - 1):  # spread a spanning title over the empty cells to its right
+        for j in range(2, len(titles[i])):  # (the label column's title spans nothing)
+            if not titles[i][j] and titles[i][j - 1] and titles[i + 1][j]:
+                titles[i][j] = titles[i][j - 1]
+    ncols = len(grid[0])
+    grid[0] = [" ".join(r[j] for r in titles if r[j]) for j in range(ncols)]
+    merged: list[Rect | None] = []
+    for j in range(ncols):
+        boxes = [r[j] for r in rects[:k] if r[j] is not None]
+        merged.append(_union(boxes) if boxes else None)
+    rects[0] = merged
+    del grid[1:k], rects[1:k]
 
 
 def _header_above(lines: Sequence[TextLine], bbox: Sequence[float], col_ranges: list[tuple[float, float]]
@@ -518,6 +578,8 @@ def _header_above(lines: Sequence[TextLine], bbox: Sequence[float], col_ranges: 
         if len(ln.words) >= 8 or ln.rect[0] < bbox[0] - 10 or ln.rect[2] > bbox[2] + 10 \
                 or (ln.rect[2] - ln.rect[0] > 0.8 * width and len(ln.words) >= 4):
             break  # a paragraph or a caption, not column titles
+        if any(_AMOUNT.match(w.text) for w in ln.words):
+            break  # the last row of a table printed just above
         picked.append(ln)
         edge = min(edge, ln.rect[1])
         if len(picked) >= 12:
@@ -547,23 +609,13 @@ def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable |
     rows = [[_opt(c) for c in r.cells] for r in tab.rows]
     ncols = max((len(r) for r in rows), default=0)
     rows = [(r + [None] * ncols)[:ncols] for r in rows]
-    header = tab.header
-    external = header is not None and header.external
-    # Every cell lies inside the table's box or its outside header's: only words there can fill one.
-    region = bbox if not external else _union((bbox, _opt(header.bbox)))  # type: ignore[arg-type]
-    words = [w for ln in lines for w in ln.words if _center_in(w.rect, region)]
-    if external:
-        head_rects = ([_opt(c) for c in header.cells] + [None] * ncols)[:ncols]
-        head_text = [_cell_text(words, r) for r in head_rects]
-        # PyMuPDF takes a title or caption above a plain table for an outside header: a real one
-        # names at least two columns.
-        external = sum(1 for t in head_text if t) >= 2
-    if external:
-        body = rows
-    else:
-        head_rects = rows[0] if rows else [None] * ncols
-        head_text = [_cell_text(words, r) for r in head_rects]
-        body = rows[1:]
+    # Cell texts come from the words inside the table's box. (PyMuPDF's own ``tab.header`` is not
+    # asked: it renders pixmaps and reads every candidate line's characters in Python, ~0.3 s a
+    # table on filings; titles printed above the grid are found by _header_above instead.)
+    words = [w for ln in lines for w in ln.words if _center_in(w.rect, bbox)]
+    head_rects = rows[0] if rows else [None] * ncols
+    head_text = [_cell_text(words, r) for r in head_rects]
+    body = rows[1:]
     grid = [head_text] + [[_cell_text(words, c) for c in r] for r in body]
     rects: list[list[Rect | None]] = [[tuple(c) if c is not None else None for c in r]  # type: ignore[misc]
                                       for r in [head_rects] + body]
@@ -576,15 +628,19 @@ def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable |
     _merge_split_columns(grid, rects)
     ncols = len(grid[0]) if grid else 0
     head = [c for c in grid[0] if c] if grid else []
-    if not external and (not head or sum(map(_is_numeric, head)) >= 0.5 * len(head)):
-        # The grid's first row is data: the titles, if any, are printed above the table.
+    data_first = not head or sum(map(_is_numeric, head)) >= 0.5 * len(head)
+    if data_first or (len(head) < 2 and ncols >= 3):
+        # The grid's first row is data, or a lone section label ("Assets"): the column titles, if
+        # any, are printed above the table.
         col_ranges = []
         for j in range(ncols):
             xs = [r[j] for r in rects if r[j] is not None]
             col_ranges.append((min(x[0] for x in xs), max(x[2] for x in xs)) if xs else (0.0, 0.0))
         names, name_rects = _header_above(lines, bbox, col_ranges)
-        grid.insert(0, names)
-        rects.insert(0, name_rects)
+        if data_first or sum(1 for t in names if t) >= 2:
+            grid.insert(0, names)
+            rects.insert(0, name_rects)
+    _merge_title_rows(grid, rects, words)
     body_rows = [i for i in range(1, len(grid)) if any(grid[i])]
     if ncols < 2 or not body_rows:
         return None  # one column or one row is a box around text, not a table
@@ -599,15 +655,40 @@ def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable |
     )
 
 
-def _ruled(page: pymupdf.Page) -> bool:
+def _inside(r: Sequence[float], box: Sequence[float]) -> bool:
+    return box[0] <= r[0] and box[1] <= r[1] and r[2] <= box[2] and r[3] <= box[3]
+
+
+def _column_rule(path: dict) -> bool:
+    r = path["rect"]
+    if r[2] - r[0] > 2 or r[3] - r[1] < 6:
+        return False
+    if "s" in (path.get("type") or ""):
+        return True
+    fill = path.get("fill")
+    return fill is not None and max(fill, default=1.0) < 0.6
+
+
+def _ruled(page: pymupdf.Page, explained: Sequence[Rect] = ()) -> bool:
     """Whether the page's line art could make a grid for PyMuPDF's line-based table finder: edges
     (strokes, the sides of boxes and shaded cells) at three or more x positions and two or more
     y positions. Cheap (no text, no rendering); errs on the side of yes. A page that fails it
-    holds no ruled table: the finder runs there only if its words look tabular."""
+    holds no ruled table. Line art inside ``explained`` (regions of tables already found, where
+    shading and rules under totals are common) is not counted."""
     try:
         paths = page.get_cdrawings()  # unrotated coordinates, as the finder sees the page
     except Exception:
         return True  # unknown: let the finder decide
+    if explained and page.rotation == 0:
+        for r in explained:
+            g = (r[0] - 6, r[1] - 6, r[2] + 6, r[3] + 6)
+            inside = [p for p in paths if p.get("rect") is not None and len(p["rect"]) == 4
+                      and _inside(p["rect"], g)]
+            # Column rules (dark vertical lines) make it a ruled grid, which the line finder reads
+            # best; shading (light fills, in thin slivers too) and rules under totals do not.
+            if sum(1 for p in inside if _column_rule(p)) < 2:
+                drop = {id(p) for p in inside}
+                paths = [p for p in paths if id(p) not in drop]
     xs: set[int] = set()
     ys: set[int] = set()
 
@@ -710,28 +791,35 @@ def _looks_tabular(lines: Sequence[TextLine]) -> bool:
 
 
 def _find_tables(page: pymupdf.Page, layout: bool | None, lines: Sequence[TextLine]) -> list[Any]:
-    """PyMuPDF's table finder, run at most once per page and only where a table may be.
+    """Tables on the page: unruled ones from how the words stand, ruled ones from the line art.
 
-    ``layout=None`` (auto): pages whose line art could form a grid (``_ruled``) or whose words
-    stand in numeric columns (``_looks_tabular``) get the finder with the layout model (~0.5 s a
-    page on a CPU), which finds unruled tables, merges shaded-row fragments into whole tables and
-    rejects ruled boxes of prose; other pages get nothing. ``layout=False``: the line-based
-    finder alone, on ruled pages. ``layout=True``: the layout model on every page."""
-    have_layout = pymupdf._get_layout is not None
-    if layout is None:
-        ruled = _ruled(page)
-        if not (ruled or (have_layout and _looks_tabular(lines))):
+    ``layout=None`` (default): unruled tables are found from the words (``textgrid``: columns
+    of amounts, ~1 ms a page) and cut into cells by MuPDF's grid analysis; on pages whose line
+    art could form a grid (``_ruled``, not counting the shading and rules under totals inside
+    word-found tables) PyMuPDF's line-based finder runs too. A ruled table over a word-found one
+    replaces it only where it gives every row of text its own grid row; other ruled tables that
+    overlap one are dropped (on filings the line grid cuts tables into one-row pieces or runs
+    titles into data). ``layout=True``:
+    PyMuPDF's finder with its ML layout model (~0.5 s a page on a CPU) on pages that may hold a
+    table (``_ruled`` or ``_looks_tabular``). ``layout=False``: the line-based finder alone, on
+    ruled pages."""
+    if layout:
+        if not pymupdf._get_layout or not (_ruled(page) or _looks_tabular(lines)):
             return []
-        use_layout = have_layout
-    elif layout:
-        use_layout = True
-    else:
-        if not _ruled(page):
-            return []
-        use_layout = False
-    with _layout_regions_only(use_layout):
-        finder = page.find_tables(use_layout=use_layout)
-    return list(finder.tables) if finder is not None else []
+        with _layout_regions_only(True):
+            finder = page.find_tables(use_layout=True)
+        return list(finder.tables) if finder is not None else []
+    regions = text_table_regions(lines, page.rect.width) if layout is None else []
+    ruled: list[Any] = []
+    if _ruled(page, regions):
+        finder = page.find_tables(use_layout=False)
+        ruled = list(finder.tables) if finder is not None else []
+    found: list[Any] = []
+    for reg in regions:
+        # A ruled grid over the same words, with a grid row for every row of text, is exact.
+        same = [t for t in ruled if iou(t.bbox, reg) >= 0.6 and len(t.rows) >= count_rows(lines, t.bbox)]
+        found += same[:1] or grid_tables(page, [reg])
+    return found + [t for t in ruled if not any(iou(t.bbox, r) > 0 for r in regions)]
 
 
 def _layout_model() -> Any:
