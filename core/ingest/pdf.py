@@ -8,7 +8,9 @@ tables (most tables in filings and reports) are found from how the words stand (
 columns of amounts under titles, ~1 ms a page) and cut into cells by MuPDF's grid analysis;
 PyMuPDF's line-based finder runs only where line art outside those tables could form a grid.
 PyMuPDF's ML layout model (~0.5 s a page on a laptop CPU; it made table detection ~90 % of
-ingestion time on filings) is used only when asked for (``layout=True``). Pages without a usable text layer go to ``core.ingest.ocr``.
+ingestion time on filings) runs only where the words alone cannot tell a table from prose: pages
+set in columns (papers) and tables of words between rules; or when asked for (``layout=True``).
+Pages without a usable text layer go to ``core.ingest.ocr``.
 
 PyMuPDF must not be driven from several threads at once: call this from one thread (the parse
 worker process in ``core.ingest.worker`` does exactly that).
@@ -182,7 +184,9 @@ def _is_column(side: list[_Atom]) -> bool:
     return total >= 2 and multi >= 0.6 * total
 
 
-def _xy_order(atoms: list[_Atom], out: list[_Atom], min_col_gap: float) -> None:
+def _xy_order(atoms: list[_Atom], out: list[_Atom], min_col_gap: float,
+              columns: list[tuple[list[_Atom], list[_Atom]]] | None = None) -> None:
+    """Atoms in reading order into ``out``; the two sides of every column gutter cut into ``columns``."""
     stack = [atoms]
     # Depth-first with an explicit stack (pages can have thousands of lines); pieces are pushed in
     # reverse so they pop in reading order.
@@ -206,6 +210,8 @@ def _xy_order(atoms: list[_Atom], out: list[_Atom], min_col_gap: float) -> None:
             if _is_column(left) and _is_column(right):
                 v_cut = (b - a, left, right)
                 break
+        if v_cut is not None and columns is not None:
+            columns.append((v_cut[1], v_cut[2]))
         if v_cut is not None and v_cut[0] >= widest_h:
             stack.append(v_cut[2])
             stack.append(v_cut[1])
@@ -245,6 +251,23 @@ def _row_order(group: list[_Atom]) -> list[_Atom]:
                 continue
         rows.append([a])
     return [a for row in rows for a in sorted(row, key=lambda a: a.rect[0])]
+
+
+def has_columns(lines: Sequence[TextLine], page_width: float) -> bool:
+    """Whether the page sets running text in two or more columns: the XY-cut finds a gutter with
+    at least five lines of prose narrower than half the page on each side. (A table's labels
+    beside its amounts, or a cover page's blocks, are cut too, but are not prose on both sides.)"""
+    atoms = [_atom([ln]) for ln in lines if ln.words]
+    if len(atoms) < 2:
+        return False
+    heights = [a.rect[3] - a.rect[1] for a in atoms]
+    columns: list[tuple[list[_Atom], list[_Atom]]] = []
+    _xy_order(atoms, [], max(4.0, 0.6 * statistics.median(heights)), columns)
+
+    def prose(side: list[_Atom]) -> int:
+        return sum(1 for a in side if a.n_words >= 5 and a.rect[2] - a.rect[0] < 0.55 * page_width)
+
+    return any(prose(left) >= 5 and prose(right) >= 5 for left, right in columns)
 
 
 def order_lines(lines: list[TextLine], tables: Sequence[list[TextLine]] = ()) -> list[TextLine]:
@@ -644,6 +667,12 @@ def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable |
     body_rows = [i for i in range(1, len(grid)) if any(grid[i])]
     if ncols < 2 or not body_rows:
         return None  # one column or one row is a box around text, not a table
+    cells = [c for i in body_rows for c in grid[i]]
+    if sum(1 for c in cells if c) < 0.35 * len(cells):
+        return None  # mostly empty: lines of a figure, not a table
+    words = [c for c in cells if c]
+    if ncols >= 8 and not any(grid[0]) and sum(1 for c in words if " " not in c and not _is_numeric(c)) >= 0.8 * len(words):
+        return None  # a row of single words under no titles: a figure of tokens (attention maps)
     return ExtractedTable(
         name="",
         header=tuple(grid[0]),
@@ -790,6 +819,37 @@ def _looks_tabular(lines: Sequence[TextLine]) -> bool:
     return False
 
 
+def _framed_text(page: pymupdf.Page, lines: Sequence[TextLine], explained: Sequence[Rect] = ()) -> bool:
+    """Whether two or more horizontal rules with the same span (a quarter of the page wide or
+    more, outside ``explained``) frame four or more lines of text: the top, middle and bottom
+    rules of a table typeset without column rules, as papers and some filings do."""
+    try:
+        paths = page.get_cdrawings()
+    except Exception:
+        return False
+    if page.rotation != 0:
+        return False  # drawings are in unrotated coordinates, lines are not
+    width = page.rect.width
+    rules: list[Sequence[float]] = []
+    for p in paths:
+        r = p.get("rect")
+        if r is None or len(r) != 4 or r[2] - r[0] < 0.25 * width or r[3] - r[1] > 2.5:
+            continue
+        if any(_inside(r, (g[0] - 6, g[1] - 6, g[2] + 6, g[3] + 6)) for g in explained):
+            continue
+        rules.append(r)
+    for a in rules:
+        same = [b for b in rules if abs(b[0] - a[0]) < 3 and abs(b[2] - a[2]) < 3]
+        if len(same) < 2:
+            continue
+        top, bottom = min(b[1] for b in same), max(b[3] for b in same)
+        framed = sum(1 for ln in lines if ln.rect[1] >= top and ln.rect[3] <= bottom
+                     and ln.rect[0] >= a[0] - 3 and ln.rect[2] <= a[2] + 3)
+        if framed >= 4:
+            return True
+    return False
+
+
 def _find_tables(page: pymupdf.Page, layout: bool | None, lines: Sequence[TextLine]) -> list[Any]:
     """Tables on the page: unruled ones from how the words stand, ruled ones from the line art.
 
@@ -799,17 +859,26 @@ def _find_tables(page: pymupdf.Page, layout: bool | None, lines: Sequence[TextLi
     word-found tables) PyMuPDF's line-based finder runs too. A ruled table over a word-found one
     replaces it only where it gives every row of text its own grid row; other ruled tables that
     overlap one are dropped (on filings the line grid cuts tables into one-row pieces or runs
-    titles into data). ``layout=True``:
-    PyMuPDF's finder with its ML layout model (~0.5 s a page on a CPU) on pages that may hold a
-    table (``_ruled`` or ``_looks_tabular``). ``layout=False``: the line-based finder alone, on
-    ruled pages."""
+    titles into data). Pages set in columns (``has_columns``) and pages with rules framing text
+    outside those tables (``_framed_text``: tables of words, typeset without column rules) go
+    the ``layout=True`` way when the model is installed: ~6 % of filing pages, most pages of
+    two-column papers.
+
+    ``layout=True``: PyMuPDF's finder with its ML layout model (~0.5 s a page on a CPU) on pages
+    that may hold a table (``_ruled`` or ``_looks_tabular``). ``layout=False``: the line-based
+    finder alone, on ruled pages."""
+    regions = text_table_regions(lines, page.rect.width) if layout is None else []
+    if layout is None and (has_columns(lines, page.rect.width) or _framed_text(page, lines, regions)):
+        # Papers set in columns: a table row and the prose beside it share a line height, and
+        # the words alone cannot tell them apart. Tables of words between rules (no amounts to
+        # find them by). The layout model sees both (where it is installed).
+        layout = bool(pymupdf._get_layout)
     if layout:
         if not pymupdf._get_layout or not (_ruled(page) or _looks_tabular(lines)):
             return []
         with _layout_regions_only(True):
             finder = page.find_tables(use_layout=True)
         return list(finder.tables) if finder is not None else []
-    regions = text_table_regions(lines, page.rect.width) if layout is None else []
     ruled: list[Any] = []
     if _ruled(page, regions):
         finder = page.find_tables(use_layout=False)

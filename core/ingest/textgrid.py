@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import pymupdf
 
-__all__ = ["UNITS", "GridTable", "count_rows", "grid_tables", "iou", "text_table_regions"]
+from core.types import Rect
 
-Rect = tuple[float, float, float, float]
+__all__ = ["UNITS", "GridTable", "count_rows", "grid_tables", "iou", "text_table_regions"]
 
 _NUMBER = re.compile(r"^[(\-–—$€£¥]*\s*[$€£¥]?\s*\d[\d,.]*\s*%?\)?%?$|^[—–-]$")
 _MARKER = re.compile(r"^\(\d{1,2}\)$")
@@ -50,11 +50,10 @@ class _Row:
         return max(s[1] for s in self.segments)
 
     def numeric_edges(self) -> list[float]:
-        """Right edges of the segments that are amounts (a footnote's "(1)" before its text is none)."""
+        """Right edges of the segments that are amounts (markers such as "(1)" alone are none)."""
         found = [s for s in self.segments if _is_amount(s[2])]
-        if len(found) == 1 and found[0] is self.segments[0] and len(self.segments) > 1 \
-                and _MARKER.match(found[0][2]):
-            return []
+        if len(self.segments) > 1 and found and all(_MARKER.match(s[2]) for s in found):
+            return []  # "(2)" after an equation, "(1)" before a footnote
         return [s[1] for s in found]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pymupdf
 import pytest
 
-from core.ingest.pdf import _page_lines, parse_pdf
+from core.ingest.pdf import _framed_text, _page_lines, has_columns, parse_pdf
 from core.ingest.textgrid import count_rows, iou, text_table_regions
 
 
@@ -100,6 +100,35 @@ def test_same_facts_as_the_layout_model_on_a_whole_filing(sec):
     a, b = facts(slow), facts(fast)
     assert len(a) > 500
     assert len(a & b) >= 0.9 * len(a) and len(a & b) >= 0.95 * len(b)
+
+
+def test_pages_the_words_cannot_read_go_to_the_layout_model(sec, eval_dir):
+    """Two-column papers and tables of words between rules are left to the layout model; pages of
+    filings, with their tables beside labels and cover blocks, are not."""
+    arxiv = eval_dir / "pdfqa" / "arxiv"
+
+    def page_of(path, number):
+        page = pymupdf.open(path)[number - 1]
+        lines, *_ = _page_lines(page)
+        return page, lines
+
+    page, lines = page_of(arxiv / "1809.01202.pdf", 6)
+    assert has_columns(lines, page.rect.width)
+    page, lines = page_of(arxiv / "1705.07830.pdf", 13)  # one column; a table of queries and answers
+    assert not has_columns(lines, page.rect.width) and _framed_text(page, lines)
+    for number in (1, 4, 23):  # cover, statement of operations, legal proceedings
+        page, lines = page_of(sec / "2022 Q3 AAPL.pdf", number)
+        regions = text_table_regions(lines, page.rect.width)
+        assert not has_columns(lines, page.rect.width) and not _framed_text(page, lines, regions)
+
+    # On the two-column page, the tables the model finds are read, and the prose beside them is not.
+    tables = parse_pdf(arxiv / "1809.01202.pdf", ocr=False, max_pages=6).pages[5].tables
+    headers = [t.header for t in tables]
+    assert ("Model", "Prec", "Rec", "F1") in headers
+    assert all(len(t.rows) <= 8 for t in tables)
+    # An attention map (a figure of tokens in a grid of lines) is no table.
+    doc = parse_pdf(arxiv / "1706.03762v7.pdf", ocr=False)
+    assert not any(t.page in (13, 15) for p in doc.pages for t in p.tables)
 
 
 def test_helpers():
