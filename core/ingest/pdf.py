@@ -253,6 +253,12 @@ def _row_order(group: list[_Atom]) -> list[_Atom]:
     return [a for row in rows for a in sorted(row, key=lambda a: a.rect[0])]
 
 
+def _min_col_gap(lines: Sequence[TextLine]) -> float:
+    """The narrowest gap the XY-cut takes for a column gutter: 0.6 of the median line height."""
+    heights = [ln.rect[3] - ln.rect[1] for ln in lines if ln.words] or [10.0]
+    return max(4.0, 0.6 * statistics.median(heights))
+
+
 def has_columns(lines: Sequence[TextLine], page_width: float) -> bool:
     """Whether the page sets running text in two or more columns: the XY-cut finds a gutter with
     at least five lines of prose narrower than half the page on each side. (A table's labels
@@ -260,9 +266,8 @@ def has_columns(lines: Sequence[TextLine], page_width: float) -> bool:
     atoms = [_atom([ln]) for ln in lines if ln.words]
     if len(atoms) < 2:
         return False
-    heights = [a.rect[3] - a.rect[1] for a in atoms]
     columns: list[tuple[list[_Atom], list[_Atom]]] = []
-    _xy_order(atoms, [], max(4.0, 0.6 * statistics.median(heights)), columns)
+    _xy_order(atoms, [], _min_col_gap(lines), columns)
 
     def prose(side: list[_Atom]) -> int:
         return sum(1 for a in side if a.n_words >= 5 and a.rect[2] - a.rect[0] < 0.55 * page_width)
@@ -276,10 +281,8 @@ def order_lines(lines: list[TextLine], tables: Sequence[list[TextLine]] = ()) ->
     atoms += [_atom(rows) for rows in tables if rows]
     if not atoms:
         return []
-    heights = [ln.rect[3] - ln.rect[1] for ln in lines if ln.words] or [10.0]
-    min_col_gap = max(4.0, 0.6 * statistics.median(heights))
     out: list[_Atom] = []
-    _xy_order(atoms, out, min_col_gap)
+    _xy_order(atoms, out, _min_col_gap(lines))
     return [ln for a in out for ln in a.lines]
 
 
@@ -671,7 +674,8 @@ def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable |
     if sum(1 for c in cells if c) < 0.35 * len(cells):
         return None  # mostly empty: lines of a figure, not a table
     words = [c for c in cells if c]
-    if ncols >= 8 and not any(grid[0]) and sum(1 for c in words if " " not in c and not _is_numeric(c)) >= 0.8 * len(words):
+    single = sum(1 for c in words if " " not in c and not _is_numeric(c))
+    if ncols >= 8 and not any(grid[0]) and single >= 0.8 * len(words):
         return None  # a row of single words under no titles: a figure of tokens (attention maps)
     return ExtractedTable(
         name="",
@@ -684,8 +688,18 @@ def _table(tab: Any, number: int, lines: Sequence[TextLine]) -> ExtractedTable |
     )
 
 
-def _inside(r: Sequence[float], box: Sequence[float]) -> bool:
-    return box[0] <= r[0] and box[1] <= r[1] and r[2] <= box[2] and r[3] <= box[3]
+def _inside(r: Sequence[float], box: Sequence[float], margin: float = 0.0) -> bool:
+    return (box[0] - margin <= r[0] and box[1] - margin <= r[1] and r[2] <= box[2] + margin
+            and r[3] <= box[3] + margin)
+
+
+def _drawings(page: pymupdf.Page) -> list[dict] | None:
+    """The page's line art in unrotated coordinates (as the table finder sees it), or None where
+    it cannot be read. ``_find_tables`` reads it once for ``_ruled`` and ``_framed_text``."""
+    try:
+        return page.get_cdrawings()
+    except Exception:
+        return None
 
 
 def _column_rule(path: dict) -> bool:
@@ -698,21 +712,18 @@ def _column_rule(path: dict) -> bool:
     return fill is not None and max(fill, default=1.0) < 0.6
 
 
-def _ruled(page: pymupdf.Page, explained: Sequence[Rect] = ()) -> bool:
+def _ruled(page: pymupdf.Page, paths: list[dict] | None, explained: Sequence[Rect] = ()) -> bool:
     """Whether the page's line art could make a grid for PyMuPDF's line-based table finder: edges
     (strokes, the sides of boxes and shaded cells) at three or more x positions and two or more
     y positions. Cheap (no text, no rendering); errs on the side of yes. A page that fails it
     holds no ruled table. Line art inside ``explained`` (regions of tables already found, where
-    shading and rules under totals are common) is not counted."""
-    try:
-        paths = page.get_cdrawings()  # unrotated coordinates, as the finder sees the page
-    except Exception:
+    shading and rules under totals are common) is not counted. ``paths``: ``_drawings(page)``."""
+    if paths is None:
         return True  # unknown: let the finder decide
     if explained and page.rotation == 0:
-        for r in explained:
-            g = (r[0] - 6, r[1] - 6, r[2] + 6, r[3] + 6)
+        for g in explained:
             inside = [p for p in paths if p.get("rect") is not None and len(p["rect"]) == 4
-                      and _inside(p["rect"], g)]
+                      and _inside(p["rect"], g, 6)]
             # Column rules (dark vertical lines) make it a ruled grid, which the line finder reads
             # best; shading (light fills, in thin slivers too) and rules under totals do not.
             if sum(1 for p in inside if _column_rule(p)) < 2:
@@ -819,15 +830,13 @@ def _looks_tabular(lines: Sequence[TextLine]) -> bool:
     return False
 
 
-def _framed_text(page: pymupdf.Page, lines: Sequence[TextLine], explained: Sequence[Rect] = ()) -> bool:
+def _framed_text(page: pymupdf.Page, lines: Sequence[TextLine], paths: list[dict] | None,
+                 explained: Sequence[Rect] = ()) -> bool:
     """Whether two or more horizontal rules with the same span (a quarter of the page wide or
     more, outside ``explained``) frame four or more lines of text: the top, middle and bottom
-    rules of a table typeset without column rules, as papers and some filings do."""
-    try:
-        paths = page.get_cdrawings()
-    except Exception:
-        return False
-    if page.rotation != 0:
+    rules of a table typeset without column rules, as papers and some filings do. ``paths``:
+    ``_drawings(page)``."""
+    if paths is None or page.rotation != 0:
         return False  # drawings are in unrotated coordinates, lines are not
     width = page.rect.width
     rules: list[Sequence[float]] = []
@@ -835,7 +844,7 @@ def _framed_text(page: pymupdf.Page, lines: Sequence[TextLine], explained: Seque
         r = p.get("rect")
         if r is None or len(r) != 4 or r[2] - r[0] < 0.25 * width or r[3] - r[1] > 2.5:
             continue
-        if any(_inside(r, (g[0] - 6, g[1] - 6, g[2] + 6, g[3] + 6)) for g in explained):
+        if any(_inside(r, g, 6) for g in explained):
             continue
         rules.append(r)
     for a in rules:
@@ -868,19 +877,20 @@ def _find_tables(page: pymupdf.Page, layout: bool | None, lines: Sequence[TextLi
     that may hold a table (``_ruled`` or ``_looks_tabular``). ``layout=False``: the line-based
     finder alone, on ruled pages."""
     regions = text_table_regions(lines, page.rect.width) if layout is None else []
-    if layout is None and (has_columns(lines, page.rect.width) or _framed_text(page, lines, regions)):
+    paths = _drawings(page)
+    if layout is None and (has_columns(lines, page.rect.width) or _framed_text(page, lines, paths, regions)):
         # Papers set in columns: a table row and the prose beside it share a line height, and
         # the words alone cannot tell them apart. Tables of words between rules (no amounts to
         # find them by). The layout model sees both (where it is installed).
         layout = bool(pymupdf._get_layout)
     if layout:
-        if not pymupdf._get_layout or not (_ruled(page) or _looks_tabular(lines)):
+        if not pymupdf._get_layout or not (_ruled(page, paths) or _looks_tabular(lines)):
             return []
         with _layout_regions_only(True):
             finder = page.find_tables(use_layout=True)
         return list(finder.tables) if finder is not None else []
     ruled: list[Any] = []
-    if _ruled(page, regions):
+    if _ruled(page, paths, regions):
         finder = page.find_tables(use_layout=False)
         ruled = list(finder.tables) if finder is not None else []
     found: list[Any] = []
@@ -1034,10 +1044,8 @@ def _needs_ocr(page: pymupdf.Page, visible: int, unknown: int) -> bool:
     # (text converted to outlines). A blank page stays blank.
     if page.get_images(full=False):
         return True
-    try:
-        return len(page.get_cdrawings()) >= 20
-    except Exception:
-        return False
+    paths = _drawings(page)
+    return paths is not None and len(paths) >= 20
 
 
 def _parse_page(page: pymupdf.Page, number: int, opts: _Options) -> ParsedPage:

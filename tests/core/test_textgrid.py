@@ -4,7 +4,7 @@ from __future__ import annotations
 import pymupdf
 import pytest
 
-from core.ingest.pdf import _framed_text, _page_lines, has_columns, parse_pdf
+from core.ingest.pdf import _drawings, _framed_text, _page_lines, has_columns, parse_pdf
 from core.ingest.textgrid import count_rows, iou, text_table_regions
 
 
@@ -115,11 +115,12 @@ def test_pages_the_words_cannot_read_go_to_the_layout_model(sec, eval_dir):
     page, lines = page_of(arxiv / "1809.01202.pdf", 6)
     assert has_columns(lines, page.rect.width)
     page, lines = page_of(arxiv / "1705.07830.pdf", 13)  # one column; a table of queries and answers
-    assert not has_columns(lines, page.rect.width) and _framed_text(page, lines)
+    assert not has_columns(lines, page.rect.width) and _framed_text(page, lines, _drawings(page))
     for number in (1, 4, 23):  # cover, statement of operations, legal proceedings
         page, lines = page_of(sec / "2022 Q3 AAPL.pdf", number)
         regions = text_table_regions(lines, page.rect.width)
-        assert not has_columns(lines, page.rect.width) and not _framed_text(page, lines, regions)
+        assert not has_columns(lines, page.rect.width)
+        assert not _framed_text(page, lines, _drawings(page), regions)
 
     # On the two-column page, the tables the model finds are read, and the prose beside them is not.
     tables = parse_pdf(arxiv / "1809.01202.pdf", ocr=False, max_pages=6).pages[5].tables
